@@ -1,0 +1,14 @@
+"""jaxgen: text generation for JAX/Flax with the Hugging Face ``generate()`` vocabulary."""
+
+from jaxgen import models, processors
+from jaxgen.config import GenerationConfig
+from jaxgen.decoding import DecodeSpec, DecodeState, prefill, run_steps
+from jaxgen.generate import GenerateOutput, generate
+from jaxgen.lm import LM, load
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LM", "DecodeSpec", "DecodeState", "GenerateOutput", "GenerationConfig", "generate",
+    "load", "models", "prefill", "processors", "run_steps",
+]

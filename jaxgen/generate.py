@@ -1,0 +1,256 @@
+"""The front door: validate, pad to buckets, build the processor chain, run the loop.
+
+Everything a user may get wrong is checked here in plain Python, before anything is
+traced or compiled. Compiled functions are cached by jit on their static spec and the
+bucketed shapes; every tunable number travels as a fixed-dtype array leaf.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxgen import processors as P
+from jaxgen.config import GenerationConfig
+from jaxgen.decoding import DecodeSpec, DecodeState, Knobs, prefill, run_steps
+from jaxgen.processors.base import pad_ids, processors_of
+
+MIN_PROMPT_BUCKET = 16
+MIN_NEW_BUCKET = 16
+
+
+@dataclasses.dataclass
+class GenerateOutput:
+    """What ``generate(..., return_dict_in_generate=True)`` returns (transformers layout).
+
+    sequences: int32 [batch * num_return_sequences, prompt_len + new_len]
+    scores: tuple of new_len arrays [batch * num_return_sequences, vocab] (processed
+        scores) when ``output_scores=True``, else None.
+    """
+
+    sequences: np.ndarray
+    scores: tuple[np.ndarray, ...] | None = None
+    sequences_scores: np.ndarray | None = None
+    beam_indices: np.ndarray | None = None
+
+    def __getitem__(self, key: str) -> Any:
+        return getattr(self, key)
+
+
+def bucket(n: int, minimum: int) -> int:
+    """The next power of two >= n (at least ``minimum``): a compile-cache bucket."""
+    return max(minimum, 1 << max(0, n - 1).bit_length())
+
+
+def split_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Keep the GenerationConfig fields of ``kwargs``; anything else is an error."""
+    fields = {f.name for f in dataclasses.fields(GenerationConfig)}
+    unknown = sorted(set(kwargs) - fields)
+    if unknown:
+        import difflib
+
+        hints = []
+        for name in unknown:
+            close = difflib.get_close_matches(name, fields, n=1)
+            hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise TypeError(f"generate() got unknown arguments: {', '.join(hints)}; pass "
+                        f"GenerationConfig field names, or logits_processor=, "
+                        f"stopping_criteria=, rng=")
+    return kwargs
+
+
+def _as_2d_ids(input_ids: Any, vocab_size: int) -> np.ndarray:
+    if isinstance(input_ids, (str, bytes)):
+        raise TypeError("input_ids must be token ids (int array [batch, length]), got a "
+                        "string; tokenize first, e.g. lm.tokenizer([text])")
+    ids = np.asarray(input_ids)
+    if ids.ndim == 1:
+        raise ValueError(f"input_ids must be 2-D [batch, length], got shape {ids.shape}; "
+                         f"wrap a single prompt as [ids]")
+    if ids.ndim != 2:
+        raise ValueError(f"input_ids must be 2-D [batch, length], got shape {ids.shape}")
+    if ids.shape[0] == 0:
+        raise ValueError("input_ids is an empty batch (shape[0] == 0); give at least one row")
+    if ids.shape[1] == 0:
+        raise ValueError("input_ids has no tokens (shape[1] == 0); give at least one token")
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"input_ids must hold integers, got dtype {ids.dtype}")
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= vocab_size:
+        bad = lo if lo < 0 else hi
+        raise ValueError(f"input_ids holds token id {bad}, outside the vocabulary "
+                         f"[0, {vocab_size})")
+    return ids.astype(np.int32)
+
+
+def _as_mask(attention_mask: Any, ids: np.ndarray, cfg: GenerationConfig,
+             eos: Sequence[int]) -> np.ndarray:
+    if attention_mask is None:
+        # transformers' inference: mask pads only if pad is in the ids and is not an eos
+        pad = cfg.pad_token_id
+        if pad is not None and (ids == pad).any() and pad not in eos:
+            return (ids != pad).astype(np.int32)
+        return np.ones_like(ids)
+    mask = np.asarray(attention_mask)
+    if mask.shape != ids.shape:
+        raise ValueError(f"attention_mask has shape {mask.shape} but input_ids has shape "
+                         f"{ids.shape}; they must be equal")
+    if not np.isin(mask, (0, 1)).all():
+        raise ValueError("attention_mask must hold only 0 and 1")
+    if (mask[:, -1] == 0).any():
+        row = int(np.argmax(mask[:, -1] == 0))
+        raise ValueError(f"attention_mask row {row} ends with padding: jaxgen needs "
+                         f"left-padded prompts (tokenizer(..., padding_side='left'))")
+    return mask.astype(np.int32)
+
+
+def _as_key(rng: Any) -> jax.Array:
+    """A typed PRNG key from None (seed 0), an int seed, a typed key or a legacy key."""
+    if rng is None:
+        return jax.random.key(0)
+    if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
+        return jax.random.key(int(rng))
+    if isinstance(rng, jax.Array) and jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+        if rng.shape != ():
+            raise ValueError(f"rng must be a single key, got shape {rng.shape}")
+        return rng
+    arr = np.asarray(rng)
+    if arr.shape == (2,) and arr.dtype == np.uint32:
+        return jax.random.wrap_key_data(jnp.asarray(arr))
+    raise TypeError(f"rng must be None, an int seed or a jax.random.key, got "
+                    f"{type(rng).__name__}")
+
+
+def build_knobs(cfg: GenerationConfig, prompt_len: int, user: Sequence[Any]) -> Knobs:
+    """The processor chain in transformers' order, user processors merged like it does.
+
+    A user processor of a built-in type replaces the built-in; the others follow the
+    built-in processors and precede the sampling warpers. Temperature is always in a
+    sampling chain (dividing by 1.0 is exact), so changing it never recompiles.
+    """
+    eos = list(cfg.eos_token_ids())
+    built: list[Any] = []
+    if eos and cfg.min_length and cfg.min_length > 0:
+        built.append(P.MinLength(cfg.min_length, eos))
+    if eos and cfg.min_new_tokens and cfg.min_new_tokens > 0:
+        built.append(P.MinNewTokensLength(prompt_len, cfg.min_new_tokens, eos))
+    merged = []
+    for b in built:
+        custom = [u for u in user if type(u) is type(b)]
+        merged.append(custom[0] if custom else b)
+    merged += [u for u in user if not any(u is m for m in merged)]
+    warpers: list[Any] = []
+    if cfg.do_sample:
+        warpers.append(P.Temperature(float(cfg.temperature)))
+        if cfg.top_k:
+            warpers.append(P.TopK(int(cfg.top_k)))
+        if cfg.top_p is not None and cfg.top_p < 1.0:
+            warpers.append(P.TopP(float(cfg.top_p)))
+        if cfg.min_p is not None:
+            warpers.append(P.MinP(float(cfg.min_p)))
+    pad = cfg.pad_token_id if cfg.pad_token_id is not None else (eos[0] if eos else 0)
+    return Knobs(processors=P.chain(*merged), warpers=P.Chain(tuple(warpers)),
+                 eos=pad_ids(eos), pad=np.asarray(pad, np.int32))
+
+
+@dataclasses.dataclass
+class Prepared:
+    """A validated, bucketed request: the host-side half of ``generate``."""
+
+    spec: DecodeSpec
+    input_ids: np.ndarray        # [batch * nrs, P] int32, left-padded to the bucket
+    attention_mask: np.ndarray   # [batch * nrs, P]
+    knobs: Knobs
+    rng: jax.Array
+    start: np.ndarray            # int32 scalar: P - caller's width
+    max_len: np.ndarray          # int32 scalar: last slot + 1
+    max_new_tokens: int
+    config: GenerationConfig
+
+
+def prepare(model: Any, input_ids: Any, attention_mask: Any = None, *,
+            config: GenerationConfig | None = None, logits_processor: Sequence[Any] | None = None,
+            stopping_criteria: Sequence[Any] | None = None, rng: Any = None,
+            **kwargs: Any) -> Prepared:
+    """Validate everything and build the arrays for ``prefill`` (no compilation)."""
+    cfg = config if config is not None else GenerationConfig()
+    if not isinstance(cfg, GenerationConfig):
+        raise TypeError(f"config must be a jaxgen.GenerationConfig, got {type(cfg).__name__}")
+    if kwargs:
+        cfg = cfg.replace(**split_kwargs(kwargs))
+    cfg.validate(vocab_size=model.vocab_size)
+    if stopping_criteria:
+        raise ValueError("stopping_criteria is not supported by jaxgen yet; allowed: None or []")
+    user = processors_of(logits_processor)
+    eos = list(cfg.eos_token_ids())
+    ids = _as_2d_ids(input_ids, model.vocab_size)
+    mask = _as_mask(attention_mask, ids, cfg, eos)
+    width = ids.shape[1]
+    max_length = cfg.effective_max_length(width)
+    max_new = max_length - width
+    if max_new < 1:
+        raise ValueError(f"max_length={max_length} leaves no room to generate after the "
+                         f"prompt of length {width}; set max_new_tokens >= 1 or a larger "
+                         f"max_length")
+    nrs = cfg.num_return_sequences or 1
+    if nrs > 1:
+        # rows repeated like transformers: [a, b] -> [a, a, b, b]
+        ids, mask = np.repeat(ids, nrs, axis=0), np.repeat(mask, nrs, axis=0)
+    knobs = build_knobs(cfg, width, user)
+    p = bucket(width, MIN_PROMPT_BUCKET)
+    extra = p - width
+    ids = np.concatenate([np.full((ids.shape[0], extra), knobs.pad, np.int32), ids], 1)
+    mask = np.concatenate([np.zeros((mask.shape[0], extra), np.int32), mask], 1)
+    spec = DecodeSpec(model=model, do_sample=bool(cfg.do_sample),
+                      output_scores=bool(cfg.output_scores),
+                      new_bucket=bucket(max_new, MIN_NEW_BUCKET))
+    return Prepared(spec=spec, input_ids=ids, attention_mask=mask, knobs=knobs,
+                    rng=_as_key(rng), start=np.asarray(extra, np.int32),
+                    max_len=np.asarray(p + max_new, np.int32), max_new_tokens=max_new,
+                    config=cfg)
+
+
+def start(prep: Prepared, params: Any) -> DecodeState:
+    """Prefill and choose the first token."""
+    return prefill(prep.spec, params, prep.input_ids, prep.attention_mask, prep.knobs,
+                   prep.rng, prep.start, prep.max_len)
+
+
+def finish(prep: Prepared, state: DecodeState) -> GenerateOutput | np.ndarray:
+    """Slice the buffer back to transformers' layout (one host sync)."""
+    cur = int(state.cur)
+    # slice on the host: a device slice of a data-dependent width would compile per width
+    seqs = np.asarray(state.sequences)[:, int(prep.start):cur]
+    cfg = prep.config
+    if not cfg.return_dict_in_generate:
+        return seqs
+    scores = None
+    if cfg.output_scores:
+        all_scores = np.asarray(state.scores)
+        scores = tuple(all_scores[:, i] for i in range(cur - state.prompt_end))
+    return GenerateOutput(sequences=seqs, scores=scores)
+
+
+def generate(model: Any, params: Any, input_ids: Any, attention_mask: Any = None, *,
+             config: GenerationConfig | None = None,
+             logits_processor: Sequence[Any] | None = None,
+             stopping_criteria: Sequence[Any] | None = None, rng: Any = None,
+             **kwargs: Any) -> GenerateOutput | np.ndarray:
+    """Generate like transformers' ``model.generate``.
+
+    input_ids: int [batch, length], left-padded; attention_mask: same shape, or None.
+    config: base GenerationConfig; keyword arguments override its fields.
+    Returns numpy int32 sequences [batch * num_return_sequences, length + new], or a
+    ``GenerateOutput`` when ``return_dict_in_generate=True``.
+    """
+    prep = prepare(model, input_ids, attention_mask, config=config,
+                   logits_processor=logits_processor, stopping_criteria=stopping_criteria,
+                   rng=rng, **kwargs)
+    state = start(prep, params)
+    state = run_steps(prep.spec, params, state, np.asarray(prep.max_new_tokens, np.int32))
+    return finish(prep, state)
