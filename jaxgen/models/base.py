@@ -65,8 +65,9 @@ class CausalLM(Protocol):
         """An empty cache pytree for ``batch`` rows and ``length`` slots."""
         ...
 
-    def apply(self, params: Any, tokens: Int[Array, "batch t"], positions: Int[Array, "batch t"],
-              cache: Any, mask: Int[Array, "batch length"]) -> tuple[Float[Array, "batch t vocab"], Any]:
+    def apply(self, params: Any, tokens: Int[Array, "batch t"],
+              positions: Int[Array, "batch t"], cache: Any,
+              mask: Int[Array, "batch length"]) -> tuple[Float[Array, "batch t vocab"], Any]:
         """Logits for ``tokens`` and the updated cache (see the module docstring)."""
         ...
 
