@@ -109,6 +109,11 @@ def _as_mask(attention_mask: Any, ids: np.ndarray, cfg: GenerationConfig,
     return mask.astype(np.int32)
 
 
+def _max_positions(model: Any) -> int | None:
+    cfg = getattr(model, "config", None)
+    return getattr(cfg, "max_position_embeddings", None) or getattr(cfg, "n_positions", None)
+
+
 def _as_key(rng: Any) -> jax.Array:
     """A typed PRNG key from None (seed 0), an int seed, a typed key or a legacy key."""
     if rng is None:
@@ -176,14 +181,18 @@ class Prepared:
 def prepare(model: Any, input_ids: Any, attention_mask: Any = None, *,
             config: GenerationConfig | None = None, logits_processor: Sequence[Any] | None = None,
             stopping_criteria: Sequence[Any] | None = None, rng: Any = None,
-            **kwargs: Any) -> Prepared:
-    """Validate everything and build the arrays for ``prefill`` (no compilation)."""
+            strict: bool = True, **kwargs: Any) -> Prepared:
+    """Validate everything and build the arrays for ``prefill`` (no compilation).
+
+    strict: settings without effect (e.g. ``temperature`` with greedy decoding) raise;
+    ``False`` makes them warnings, for configs that come from a model's files.
+    """
     cfg = config if config is not None else GenerationConfig()
     if not isinstance(cfg, GenerationConfig):
         raise TypeError(f"config must be a jaxgen.GenerationConfig, got {type(cfg).__name__}")
     if kwargs:
         cfg = cfg.replace(**split_kwargs(kwargs))
-    cfg.validate(vocab_size=model.vocab_size)
+    cfg.validate(vocab_size=model.vocab_size, strict=strict)
     if stopping_criteria:
         raise ValueError("stopping_criteria is not supported by jaxgen yet; allowed: None or []")
     user = processors_of(logits_processor)
@@ -191,12 +200,8 @@ def prepare(model: Any, input_ids: Any, attention_mask: Any = None, *,
     ids = _as_2d_ids(input_ids, model.vocab_size)
     mask = _as_mask(attention_mask, ids, cfg, eos)
     width = ids.shape[1]
-    max_length = cfg.effective_max_length(width)
-    max_new = max_length - width
-    if max_new < 1:
-        raise ValueError(f"max_length={max_length} leaves no room to generate after the "
-                         f"prompt of length {width}; set max_new_tokens >= 1 or a larger "
-                         f"max_length")
+    max_new = cfg.effective_max_length(width, max_position_embeddings=_max_positions(model))
+    max_new -= width  # effective_max_length raised if nothing is left to generate
     nrs = cfg.num_return_sequences or 1
     if nrs > 1:
         # rows repeated like transformers: [a, b] -> [a, a, b, b]
@@ -240,17 +245,19 @@ def generate(model: Any, params: Any, input_ids: Any, attention_mask: Any = None
              config: GenerationConfig | None = None,
              logits_processor: Sequence[Any] | None = None,
              stopping_criteria: Sequence[Any] | None = None, rng: Any = None,
-             **kwargs: Any) -> GenerateOutput | np.ndarray:
+             strict: bool = True, **kwargs: Any) -> GenerateOutput | np.ndarray:
     """Generate like transformers' ``model.generate``.
 
     input_ids: int [batch, length], left-padded; attention_mask: same shape, or None.
     config: base GenerationConfig; keyword arguments override its fields.
+    strict: False turns settings without effect into warnings (see ``prepare``).
     Returns numpy int32 sequences [batch * num_return_sequences, length + new], or a
     ``GenerateOutput`` when ``return_dict_in_generate=True``.
     """
     prep = prepare(model, input_ids, attention_mask, config=config,
                    logits_processor=logits_processor, stopping_criteria=stopping_criteria,
-                   rng=rng, **kwargs)
+                   rng=rng, strict=strict, **kwargs)
     state = start(prep, params)
-    state = run_steps(prep.spec, params, state, np.asarray(prep.max_new_tokens, np.int32))
+    # prefill chose the first token; the loop writes the remaining max_new_tokens - 1
+    state = run_steps(prep.spec, params, state, np.asarray(prep.max_new_tokens - 1, np.int32))
     return finish(prep, state)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
+import numpy as np
 
 from jaxgen.config import GenerationConfig
 from jaxgen.generate import GenerateOutput, generate
@@ -30,20 +31,42 @@ class LM:
                  config: GenerationConfig | None = None,
                  logits_processor: Sequence[Any] | None = None,
                  stopping_criteria: Sequence[Any] | None = None, rng: Any = None,
-                 **kwargs: Any) -> GenerateOutput | jax.Array:
-        """``jaxgen.generate`` with this model's params and generation_config as the base."""
+                 **kwargs: Any) -> GenerateOutput | np.ndarray:
+        """``jaxgen.generate`` with this model's params and generation_config as the base.
+
+        Settings of the model's own generation_config that have no effect here (e.g. its
+        ``temperature`` under greedy decoding) give warnings, not errors.
+        """
         if input_ids is None:
             raise ValueError("input_ids is required, e.g. lm.generate(**lm.tokenizer([text]))")
         return generate(self.model, self.params, input_ids, attention_mask,
                         config=config if config is not None else self.generation_config,
                         logits_processor=logits_processor, stopping_criteria=stopping_criteria,
-                        rng=rng, **kwargs)
+                        rng=rng, strict=config is not None, **kwargs)
 
 
 def _token_ids_from_model_config(path: Path) -> dict[str, Any]:
     cfg = json.loads((path / "config.json").read_text())
     return {k: cfg[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")
             if cfg.get(k) is not None}
+
+
+def _drop_ids_outside_vocab(gen: GenerationConfig, vocab_size: int) -> GenerationConfig:
+    """Model files sometimes carry special ids outside the vocabulary (e.g. GPT-2's 50256
+    in a resized model); such an id can never be generated, so drop it with a warning."""
+    changes: dict[str, Any] = {}
+    for name in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        value = getattr(gen, name)
+        if value is None:
+            continue
+        ids = [value] if isinstance(value, int) else list(value)
+        keep = [i for i in ids if 0 <= i < vocab_size]
+        if len(keep) != len(ids):
+            warnings.warn(f"{name}={value!r} from the model's files is outside the vocabulary "
+                          f"[0, {vocab_size}); dropped", stacklevel=3)
+            changes[name] = (keep[0] if keep else None) if isinstance(value, int) else (
+                keep or None)
+    return gen.replace(**changes) if changes else gen
 
 
 def load(path: str | Path | None = None, dtype: Any = None, mesh: Any = None) -> LM:
@@ -70,9 +93,10 @@ def load(path: str | Path | None = None, dtype: Any = None, mesh: Any = None) ->
 
         tokenizer = Tokenizer.from_file(path / "tokenizer.json")
     if gen_dict is not None:
-        gen = GenerationConfig.from_dict(gen_dict)
+        gen = GenerationConfig.from_dict(gen_dict, unknown="warn")
     else:
         gen = GenerationConfig.from_dict(_token_ids_from_model_config(path))
+    gen = _drop_ids_outside_vocab(gen, model.vocab_size)
     if gen.pad_token_id is None and tokenizer is not None and tokenizer.pad_token_id is not None:
         gen = gen.replace(pad_token_id=tokenizer.pad_token_id)
     return LM(model=model, params=params, tokenizer=tokenizer, generation_config=gen, path=path)

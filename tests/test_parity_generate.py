@@ -80,3 +80,23 @@ def test_greedy_with_eos_list_matches_transformers(checkpoints, name):
     got = lm.generate(input_ids=ids, attention_mask=mask, max_new_tokens=16,
                       eos_token_id=eos, pad_token_id=0)
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("name", ["gpt2", "llama"])
+def test_output_scores_match_transformers(checkpoints, name):
+    hf_model, lm = checkpoints[name]
+    ids, mask = _prompts(seed=2)
+    with torch.inference_mode():
+        ref = hf_model.generate(torch.tensor(ids), attention_mask=torch.tensor(mask),
+                                do_sample=False, pad_token_id=0, max_new_tokens=6,
+                                min_new_tokens=3, output_scores=True,
+                                return_dict_in_generate=True)
+    out = lm.generate(input_ids=ids, attention_mask=mask, pad_token_id=0, max_new_tokens=6,
+                      min_new_tokens=3, output_scores=True, return_dict_in_generate=True)
+    np.testing.assert_array_equal(out.sequences, ref.sequences.numpy())
+    assert len(out.scores) == len(ref.scores)
+    for ours, theirs in zip(out.scores, ref.scores, strict=True):
+        theirs = theirs.numpy()
+        np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(theirs))
+        np.testing.assert_allclose(ours[np.isfinite(ours)], theirs[np.isfinite(theirs)],
+                                   atol=1e-4)
