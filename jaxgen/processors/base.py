@@ -74,7 +74,13 @@ class LogitsProcessor:
     is_warper: ClassVar[bool] = False
 
     def init(self, ctx: Context) -> Any:
+        """Initial state. Convention: every leaf has the rows (batch) as its leading axis,
+        so ``reorder_state`` can follow beam search; override both if that does not hold."""
         return ()
+
+    def reorder_state(self, state: Any, rows: Int[Array, " batch"]) -> Any:
+        """The state after beam search picks, for row ``i``, the history of row ``rows[i]``."""
+        return jax.tree.map(lambda x: jnp.take(x, rows, axis=0), state)
 
     def __call__(self, logits: Float[Array, "batch vocab"], state: Any,
                  ctx: Context) -> tuple[Float[Array, "batch vocab"], Any]:
@@ -96,6 +102,10 @@ class Chain(LogitsProcessor):
             logits, s = p(logits, s, ctx)
             new_state.append(s)
         return logits, tuple(new_state)
+
+    def reorder_state(self, state, rows):
+        return tuple(p.reorder_state(s, rows) for p, s in zip(self.processors, state,
+                                                               strict=True))
 
 
 def chain(*processors: Any) -> Chain:
