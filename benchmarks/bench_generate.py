@@ -36,10 +36,12 @@ HERE = Path(__file__).resolve().parent
 CKPT = HERE / "_ckpt_gpt2"
 CONFIG = dict(vocab_size=8192, n_positions=1024, n_embd=512, n_layer=6, n_head=8)
 PROMPT_LEN = 32
-WORKLOADS = {  # name: (batch, sampling kwargs or None for greedy)
+WORKLOADS = {  # name: (batch, generate kwargs beyond lengths; None for greedy)
     "greedy_b1": (1, None),
     "greedy_b8": (8, None),
     "sample_b8": (8, dict(do_sample=True, top_k=50, top_p=0.9, temperature=1.0)),
+    "beam4_b1": (1, dict(num_beams=4)),
+    "beam4_b8": (8, dict(num_beams=4)),
 }
 
 
@@ -122,19 +124,19 @@ def timed(fn, *args, **kwargs):
 
 
 def run_workload(name, lm, hf, args) -> dict:
-    batch, sampling = WORKLOADS[name]
+    batch, extra = WORKLOADS[name]
     new = args.new_tokens
     ids, mask = prompts(batch)
-    kw = dict(max_new_tokens=new, eos_token_id=None, pad_token_id=0, **(sampling or {}))
+    kw = dict(max_new_tokens=new, eos_token_id=None, pad_token_id=0, **(extra or {}))
+    sampling = bool(kw.get("do_sample"))
+    rows = batch * kw.get("num_beams", 1)  # the floor runs as many model rows
     jparams = lm.params
     ids_j = jnp.asarray(ids, jnp.int32)
 
     def run_jaxgen(i):
         key = jax.random.key(i)
-        # bos_token_id=None: the checkpoint's bos 50256 (GPT2Config default) is outside the
-        # 8192 vocabulary; transformers only warns about it, jaxgen's validate() rejects it
         return timed(lambda: np.asarray(lm.generate(input_ids=ids, attention_mask=mask,
-                                                    rng=key, bos_token_id=None, **kw)))
+                                                    rng=key, **kw)))
 
     def run_hf(i):
         torch.manual_seed(i)
@@ -143,11 +145,12 @@ def run_workload(name, lm, hf, args) -> dict:
             return timed(lambda: hf.generate(input_ids=ids_t, attention_mask=mask_t,
                                              **kw).numpy())
 
-    host_floor, while_floor = make_floors(lm.model, batch, new)
+    host_floor, while_floor = make_floors(lm.model, rows, new)
+    ids_floor = jnp.repeat(ids_j, rows // batch, axis=0)
     compile_s, out_j = run_jaxgen(0)
     _, out_h = run_hf(0)
-    host_floor(jparams, ids_j)
-    while_floor(jparams, ids_j)
+    host_floor(jparams, ids_floor)
+    while_floor(jparams, ids_floor)
     for out, who in ((out_j, "jaxgen"), (out_h, "transformers")):
         if out.shape != (batch, PROMPT_LEN + new):
             sys.exit(f"{name}: {who} returned shape {out.shape}, expected "
@@ -158,9 +161,9 @@ def run_workload(name, lm, hf, args) -> dict:
         times["jaxgen"].append(t)
         t, out_h = run_hf(r + 1)
         times["transformers"].append(t)
-        t, toks = timed(host_floor, jparams, ids_j)
+        t, toks = timed(host_floor, jparams, ids_floor)
         times["floor_host"].append(t)
-        t, floor_out = timed(while_floor, jparams, ids_j)
+        t, floor_out = timed(while_floor, jparams, ids_floor)
         times["floor_while"].append(t)
     med = {k: statistics.median(v) for k, v in times.items()}
     res = {"workload": name, "batch": batch, "new_tokens": new, "compile_s": compile_s,
@@ -170,8 +173,9 @@ def run_workload(name, lm, hf, args) -> dict:
            "overhead_vs_floor": {k: med["jaxgen"] / med[k] - 1
                                  for k in ("floor_host", "floor_while")}}
     res["ratio"] = res["tok_s"]["jaxgen"] / res["tok_s"]["transformers"]
-    if sampling is None:  # token-for-token checks on the last repeat's outputs
+    if not sampling:  # token-for-token checks on the last repeat's outputs
         res["equal_rows_vs_transformers"] = int((out_j == out_h).all(axis=1).sum())
+    if extra is None:
         host = np.stack([np.asarray(t) for t in toks], 1)
         gen = out_j[:, PROMPT_LEN:]
         res["equal_rows_vs_floors"] = int(((gen == floor_out) & (gen == host)).all(1).sum())
@@ -213,10 +217,12 @@ def table(results: list[dict], env: dict, repeats: int) -> str:
             f"{100 * ov['floor_host']:+.0f}% |")
         b = r["batch"]
         if "equal_rows_vs_transformers" in r:
-            eq, fl = r["equal_rows_vs_transformers"], r["equal_rows_vs_floors"]
+            eq = r["equal_rows_vs_transformers"]
             mark = "" if eq == b else "WARNING: "
-            notes.append(f"{mark}{r['workload']}: {eq}/{b} rows equal to transformers token "
-                         f"for token; {fl}/{b} equal to both floors")
+            note = f"{mark}{r['workload']}: {eq}/{b} rows equal to transformers token for token"
+            if "equal_rows_vs_floors" in r:
+                note += f"; {r['equal_rows_vs_floors']}/{b} equal to both floors"
+            notes.append(note)
     head = (f"{env['date']} | {env['cpu']} | {env['cpu_count']} cores "
             f"({env['usable_cores']} usable), torch threads {env['torch_threads']} | "
             f"jax {env['jax']} ({env['jax_backend']}), torch {env['torch']}, "

@@ -3,12 +3,13 @@
 from jaxgen import models, processors
 from jaxgen.config import GenerationConfig
 from jaxgen.decoding import DecodeSpec, DecodeState, prefill, run_steps
-from jaxgen.generate import GenerateOutput, generate
+from jaxgen.generate import GenerateOutput, compute_transition_scores, generate
 from jaxgen.lm import LM, load
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "LM", "DecodeSpec", "DecodeState", "GenerateOutput", "GenerationConfig", "generate",
-    "load", "models", "prefill", "processors", "run_steps",
+    "LM", "DecodeSpec", "DecodeState", "GenerateOutput", "GenerationConfig",
+    "compute_transition_scores", "generate", "load", "models", "prefill", "processors",
+    "run_steps",
 ]

@@ -621,15 +621,14 @@ SUPPORTED: frozenset[str] = frozenset({
     "max_length", "max_new_tokens", "min_length", "min_new_tokens", "do_sample",
     "temperature", "top_k", "top_p", "min_p", "num_return_sequences", "output_scores",
     "return_dict_in_generate", "pad_token_id", "bos_token_id", "eos_token_id",
+    "num_beams", "length_penalty", "early_stopping",
 })  # fmt: skip
 
 #: Every other field: (values that leave outputs unchanged, what the field enables).
 #: Move a field to ``SUPPORTED`` (or widen its values) when jaxgen implements it.
 NEUTRAL: dict[str, tuple[tuple[Any, ...], str]] = {
-    "early_stopping": ((False,), "beam search stopping rule"),
     "max_time": ((None,), "time limit"),
     "stop_strings": ((None,), "stop strings"),
-    "num_beams": ((1,), "beam search"),
     "use_mtp": ((False,), "multi-token prediction"),
     "use_cache": ((True,), "decoding without a KV cache; jaxgen always uses one"),
     # exact KV caches behave the same; jaxgen's cache is preallocated ("static")
@@ -645,7 +644,6 @@ NEUTRAL: dict[str, tuple[tuple[Any, ...], str]] = {
     "eta_cutoff": ((0.0,), "eta sampling"),
     "repetition_penalty": ((1.0,), "repetition penalty"),
     "encoder_repetition_penalty": ((1.0,), "encoder-decoder models"),
-    "length_penalty": ((1.0,), "beam length penalty"),
     "no_repeat_ngram_size": ((0,), "no-repeat n-gram"),
     "bad_words_ids": ((None,), "bad words"),
     "renormalize_logits": ((False,), "logit renormalisation"),

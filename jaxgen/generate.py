@@ -18,6 +18,7 @@ import numpy as np
 from jaxgen import processors as P
 from jaxgen.config import GenerationConfig
 from jaxgen.decoding import DecodeSpec, DecodeState, Knobs, prefill, run_steps
+from jaxgen.decoding.beam import BeamState
 from jaxgen.processors.base import pad_ids, processors_of
 
 MIN_PROMPT_BUCKET = 16
@@ -151,16 +152,19 @@ def build_knobs(cfg: GenerationConfig, prompt_len: int, user: Sequence[Any]) -> 
     merged += [u for u in user if not any(u is m for m in merged)]
     warpers: list[Any] = []
     if cfg.do_sample:
+        # beam sampling keeps a non-eos continuation per beam, like transformers
+        keep = len(eos) + 1 if cfg.num_beams > 1 else 1
         warpers.append(P.Temperature(float(cfg.temperature)))
         if cfg.top_k:
-            warpers.append(P.TopK(int(cfg.top_k)))
+            warpers.append(P.TopK(int(cfg.top_k), min_tokens_to_keep=keep))
         if cfg.top_p is not None and cfg.top_p < 1.0:
-            warpers.append(P.TopP(float(cfg.top_p)))
+            warpers.append(P.TopP(float(cfg.top_p), min_tokens_to_keep=keep))
         if cfg.min_p is not None:
-            warpers.append(P.MinP(float(cfg.min_p)))
+            warpers.append(P.MinP(float(cfg.min_p), min_tokens_to_keep=keep))
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else (eos[0] if eos else 0)
     return Knobs(processors=P.chain(*merged), warpers=P.Chain(tuple(warpers)),
-                 eos=pad_ids(eos), pad=np.asarray(pad, np.int32))
+                 eos=pad_ids(eos), pad=np.asarray(pad, np.int32),
+                 length_penalty=np.asarray(cfg.length_penalty, np.float32))
 
 
 @dataclasses.dataclass
@@ -202,10 +206,11 @@ def prepare(model: Any, input_ids: Any, attention_mask: Any = None, *,
     width = ids.shape[1]
     max_new = cfg.effective_max_length(width, max_position_embeddings=_max_positions(model))
     max_new -= width  # effective_max_length raised if nothing is left to generate
-    nrs = cfg.num_return_sequences or 1
-    if nrs > 1:
-        # rows repeated like transformers: [a, b] -> [a, a, b, b]
-        ids, mask = np.repeat(ids, nrs, axis=0), np.repeat(mask, nrs, axis=0)
+    beams = cfg.num_beams
+    # rows repeated like transformers: [a, b] -> [a, a, b, b] (beams, or sampled sequences)
+    repeat = beams if beams > 1 else (cfg.num_return_sequences or 1)
+    if repeat > 1:
+        ids, mask = np.repeat(ids, repeat, axis=0), np.repeat(mask, repeat, axis=0)
     knobs = build_knobs(cfg, width, user)
     p = bucket(width, MIN_PROMPT_BUCKET)
     extra = p - width
@@ -213,7 +218,9 @@ def prepare(model: Any, input_ids: Any, attention_mask: Any = None, *,
     mask = np.concatenate([np.zeros((mask.shape[0], extra), np.int32), mask], 1)
     spec = DecodeSpec(model=model, do_sample=bool(cfg.do_sample),
                       output_scores=bool(cfg.output_scores),
-                      new_bucket=bucket(max_new, MIN_NEW_BUCKET))
+                      new_bucket=bucket(max_new, MIN_NEW_BUCKET), num_beams=beams,
+                      early_stopping=cfg.early_stopping if beams > 1 else False,
+                      n_keep=max(2, 1 + len(eos)) * beams if beams > 1 else 0)
     return Prepared(spec=spec, input_ids=ids, attention_mask=mask, knobs=knobs,
                     rng=_as_key(rng), start=np.asarray(extra, np.int32),
                     max_len=np.asarray(p + max_new, np.int32), max_new_tokens=max_new,
@@ -226,8 +233,10 @@ def start(prep: Prepared, params: Any) -> DecodeState:
                    prep.rng, prep.start, prep.max_len)
 
 
-def finish(prep: Prepared, state: DecodeState) -> GenerateOutput | np.ndarray:
+def finish(prep: Prepared, state: DecodeState | BeamState) -> GenerateOutput | np.ndarray:
     """Slice the buffer back to transformers' layout (one host sync)."""
+    if isinstance(state, BeamState):
+        return _finish_beams(prep, state)
     cur = int(state.cur)
     # slice on the host: a device slice of a data-dependent width would compile per width
     seqs = np.asarray(state.sequences)[:, int(prep.start):cur]
@@ -239,6 +248,52 @@ def finish(prep: Prepared, state: DecodeState) -> GenerateOutput | np.ndarray:
         all_scores = np.asarray(state.scores)
         scores = tuple(all_scores[:, i] for i in range(cur - state.prompt_end))
     return GenerateOutput(sequences=seqs, scores=scores)
+
+
+def _finish_beams(prep: Prepared, state: BeamState) -> GenerateOutput | np.ndarray:
+    """transformers' beam outputs: the best ``num_return_sequences`` finished hypotheses
+    per row, cut to the longest of them; ``beam_indices`` padded with -1."""
+    cfg, nrs = prep.config, prep.config.num_return_sequences
+    seqs = np.asarray(state.done_sequences)[:, :nrs]           # [B, nrs, buffer]
+    beams = np.asarray(state.done_beams)[:, :nrs]              # [B, nrs, new]
+    seqs, beams = seqs.reshape(-1, seqs.shape[-1]), beams.reshape(-1, beams.shape[-1])
+    n_new = int((beams != -1).sum(axis=1).max())
+    seqs = seqs[:, int(prep.start):state.prompt_end + n_new]
+    if not cfg.return_dict_in_generate:
+        return seqs
+    scores = seq_scores = None
+    if cfg.output_scores:
+        seq_scores = np.asarray(state.done_scores)[:, :nrs].reshape(-1)
+        all_scores = np.asarray(state.scores)
+        scores = tuple(all_scores[:, i] for i in range(int(state.cur) - state.prompt_end))
+    return GenerateOutput(sequences=seqs, scores=scores, sequences_scores=seq_scores,
+                          beam_indices=beams[:, :n_new])
+
+
+def compute_transition_scores(sequences: Any, scores: Sequence[Any],
+                              beam_indices: Any = None,
+                              normalize_logits: bool = False) -> np.ndarray:
+    """Per-token scores of the generated tokens, like transformers' method of that name.
+
+    sequences: [rows, prompt + new]; scores: ``new`` arrays [batch * beams, vocab];
+    beam_indices: [rows, new] (-1 padded) for beam outputs, None otherwise.
+    Returns float32 [rows, new] (0 where ``beam_indices`` is -1).
+    """
+    seqs = np.asarray(sequences)
+    stacked = np.stack([np.asarray(x, np.float32) for x in scores])   # [new, beams, vocab]
+    steps, n_beams, vocab = stacked.shape
+    if normalize_logits:
+        stacked = np.asarray(jax.nn.log_softmax(stacked, axis=-1))
+    if beam_indices is None:
+        beam_indices = np.broadcast_to(np.arange(n_beams)[:, None], (n_beams, steps))
+    beam_indices = np.asarray(beam_indices)
+    pad = beam_indices < 0
+    width = int((~pad).sum(-1).max())
+    beam = np.where(pad, 0, beam_indices)[:, :width]
+    tokens = seqs[:, seqs.shape[1] - width:]
+    step = np.arange(width)[None, :]
+    out = stacked[step, beam, tokens]
+    return np.where(pad[:, :width], 0.0, out).astype(np.float32)
 
 
 def generate(model: Any, params: Any, input_ids: Any, attention_mask: Any = None, *,

@@ -34,3 +34,32 @@ class CompileCounter:
 @pytest.fixture
 def count_compiles() -> CompileCounter:
     return CompileCounter()
+
+
+TINY_VOCAB = 97
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory):
+    """Tiny random transformers GPT-2 and Llama, saved and loaded in jaxgen:
+    ``{"gpt2": (hf_model, lm), "llama": (hf_model, lm)}``."""
+    import torch
+    import transformers
+
+    import jaxgen
+
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("parity")
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=TINY_VOCAB, n_positions=128, n_embd=32, n_layer=2, n_head=4,
+        initializer_range=0.3, bos_token_id=1, eos_token_id=2))
+    llama = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=TINY_VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+        initializer_range=0.3, bos_token_id=1, eos_token_id=2, rope_theta=500.0))
+    out = {}
+    for name, m in [("gpt2", gpt2), ("llama", llama)]:
+        m.eval()
+        m.save_pretrained(root / name)
+        out[name] = (m, jaxgen.load(root / name))
+    return out

@@ -45,3 +45,15 @@ def chain_table(vocab: int, nxt: dict[int, int], default: int = 0,
     for t in range(vocab):
         table[t, nxt.get(t, default)] = margin
     return table
+
+
+def left_padded_prompts(seed: int = 0, lengths=(5, 9, 3), vocab: int = 97, low: int = 3):
+    """Random prompts of the given lengths, left-padded with 0: (ids, mask) int64."""
+    rs = np.random.RandomState(seed)
+    width = max(lengths)
+    ids = np.zeros((len(lengths), width), np.int64)
+    mask = np.zeros_like(ids)
+    for r, n in enumerate(lengths):
+        ids[r, width - n:] = rs.randint(low, vocab, size=n)
+        mask[r, width - n:] = 1
+    return ids, mask

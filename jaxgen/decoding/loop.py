@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxgen.decoding.beam import BeamState, beam_choose, init_beam_state
 from jaxgen.decoding.sample import choose
 from jaxgen.decoding.state import DecodeState, Knobs
 from jaxgen.models.base import positions_from_mask
@@ -28,11 +29,26 @@ class DecodeSpec:
     do_sample: bool = False
     output_scores: bool = False
     new_bucket: int = 32      # generated slots preallocated after the prompt bucket
+    num_beams: int = 1        # > 1: beam search (rows are batch * num_beams)
+    early_stopping: Any = False  # True / False / "never" (beam search)
+    n_keep: int = 0           # beam candidates kept per step: max(2, 1 + n_eos) * num_beams
+
+
+State = DecodeState | BeamState
+
+
+def _choose(spec: DecodeSpec, state: State, logits: jax.Array) -> State:
+    if spec.num_beams > 1:
+        return beam_choose(state, logits, model=spec.model, num_beams=spec.num_beams,
+                           n_keep=spec.n_keep, do_sample=spec.do_sample,
+                           early_stopping=spec.early_stopping,
+                           output_scores=spec.output_scores)
+    return choose(state, logits, spec.do_sample, spec.output_scores)
 
 
 @partial(jax.jit, static_argnums=0)
 def prefill(spec: DecodeSpec, params: Any, input_ids: jax.Array, attention_mask: jax.Array,
-            knobs: Knobs, rng: Any, start: jax.Array, max_len: jax.Array) -> DecodeState:
+            knobs: Knobs, rng: Any, start: jax.Array, max_len: jax.Array) -> State:
     """Run the prompt ``[batch, P]`` (left-padded) and choose the first new token.
 
     ``start``: first slot of the caller's ids (bucket padding before it);
@@ -49,34 +65,36 @@ def prefill(spec: DecodeSpec, params: Any, input_ids: jax.Array, attention_mask:
     sequences = jnp.concatenate(
         [input_ids, jnp.broadcast_to(knobs.pad, (b, spec.new_bucket)).astype(jnp.int32)], 1)
     vocab = out.shape[-1]
-    state = DecodeState(
-        sequences=sequences, attention_mask=mask, position=positions[:, -1], cache=cache,
-        cur=jnp.asarray(p, jnp.int32), start=start.astype(jnp.int32),
-        max_len=max_len.astype(jnp.int32), done=jnp.zeros((b,), bool), rng=rng, knobs=knobs,
-        proc_state=None,
-        scores=(jnp.zeros((b, spec.new_bucket, vocab), jnp.float32)
-                if spec.output_scores else None),
-        prompt_end=p)
+    common = dict(sequences=sequences, attention_mask=mask, position=positions[:, -1],
+                  cache=cache, cur=jnp.asarray(p, jnp.int32), start=start.astype(jnp.int32),
+                  max_len=max_len.astype(jnp.int32), rng=rng, knobs=knobs, prompt_end=p)
+    if spec.num_beams > 1:
+        state = init_beam_state(common, spec.num_beams, vocab, spec.output_scores)
+    else:
+        state = DecodeState(
+            **common, done=jnp.zeros((b,), bool), proc_state=None,
+            scores=(jnp.zeros((b, spec.new_bucket, vocab), jnp.float32)
+                    if spec.output_scores else None))
     ctx = state.context()
     state = state.replace(proc_state=(knobs.processors.init(ctx), knobs.warpers.init(ctx)))
-    return choose(state, out[:, -1], spec.do_sample, spec.output_scores)
+    return _choose(spec, state, out[:, -1])
 
 
-def _step(spec: DecodeSpec, params: Any, state: DecodeState) -> DecodeState:
+def _step(spec: DecodeSpec, params: Any, state: State) -> State:
     """Feed the token of slot ``cur - 1`` to the model and choose the token of slot ``cur``."""
     tokens = jax.lax.dynamic_slice_in_dim(state.sequences, state.cur - 1, 1, axis=1)
     out, cache = spec.model.apply(params, tokens, state.position[:, None], state.cache,
                                   state.attention_mask)
-    return choose(state.replace(cache=cache), out[:, 0], spec.do_sample, spec.output_scores)
+    return _choose(spec, state.replace(cache=cache), out[:, 0])
 
 
-def is_running(state: DecodeState) -> jax.Array:
-    """True while a token can still be written and some row is unfinished."""
-    return (state.cur < state.max_len) & ~jnp.all(state.done)
+def is_running(state: State) -> jax.Array:
+    """True while the loop should go on (a slot is left and the strategy is not done)."""
+    return state.running()
 
 
 @partial(jax.jit, static_argnums=0, donate_argnums=2)
-def run_steps(spec: DecodeSpec, params: Any, state: DecodeState, n: jax.Array) -> DecodeState:
+def run_steps(spec: DecodeSpec, params: Any, state: State, n: jax.Array) -> State:
     """Advance ``state`` by at most ``n`` tokens (stops early when all rows are done)."""
 
     def cond(carry):

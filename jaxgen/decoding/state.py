@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax.numpy as jnp
 from flax import struct
 from jaxtyping import Array, Bool, Float, Int
 
@@ -18,12 +19,14 @@ class Knobs:
     warpers: sampling warpers applied after ``processors`` (empty for greedy).
     eos: [n_eos] int32 eos ids padded with -1.
     pad: int32 scalar written by finished rows.
+    length_penalty: float32 scalar (beam search).
     """
 
     processors: Chain
     warpers: Chain
     eos: Int[Array, " n_eos"]
     pad: Int[Array, ""]
+    length_penalty: Float[Array, ""]
 
 
 @struct.dataclass
@@ -58,3 +61,7 @@ class DecodeState:
     def context(self) -> Context:
         return Context(sequences=self.sequences, attention_mask=self.attention_mask,
                        cur=self.cur, start=self.start)
+
+    def running(self) -> Bool[Array, ""]:
+        """True while a token can still be written and some row is unfinished."""
+        return (self.cur < self.max_len) & ~jnp.all(self.done)
