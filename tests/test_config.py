@@ -301,10 +301,8 @@ def test_all_problems_are_listed_together():
 
 # A valid, non-neutral value for every unsupported field (extra settings in "with").
 UNSUPPORTED_VALUES: dict[str, tuple[Any, dict[str, Any]]] = {
-    "early_stopping": ("never", {}),
     "max_time": (1.5, {}),
     "stop_strings": (["\n\n"], {}),
-    "num_beams": (4, {}),
     "use_mtp": (True, {}),
     "use_cache": (False, {}),
     "cache_implementation": ("quantized", {}),
@@ -316,7 +314,6 @@ UNSUPPORTED_VALUES: dict[str, tuple[Any, dict[str, Any]]] = {
     "eta_cutoff": (3e-4, S),
     "repetition_penalty": (1.2, {}),
     "encoder_repetition_penalty": (1.2, {}),
-    "length_penalty": (2.0, {}),
     "no_repeat_ngram_size": (3, {}),
     "bad_words_ids": ([[1, 2], [3]], {}),
     "renormalize_logits": (True, {}),
