@@ -621,7 +621,7 @@ SUPPORTED: frozenset[str] = frozenset({
     "max_length", "max_new_tokens", "min_length", "min_new_tokens", "do_sample",
     "temperature", "top_k", "top_p", "min_p", "num_return_sequences", "output_scores",
     "return_dict_in_generate", "pad_token_id", "bos_token_id", "eos_token_id",
-    "num_beams", "length_penalty", "early_stopping",
+    "num_beams", "length_penalty", "early_stopping", "num_beam_groups", "diversity_penalty",
 })  # fmt: skip
 
 #: Every other field: (values that leave outputs unchanged, what the field enables).
@@ -679,8 +679,6 @@ NEUTRAL: dict[str, tuple[tuple[Any, ...], str]] = {
     "low_memory": ((False,), "sequential low-memory search"),
     "penalty_alpha": ((None,), "contrastive search"),
     "dola_layers": ((None,), "DoLa decoding"),
-    "diversity_penalty": ((0.0,), "diverse (group) beam search"),
-    "num_beam_groups": ((1,), "diverse (group) beam search"),
     "constraints": ((None,), "constrained beam search"),
     "force_words_ids": ((None,), "constrained beam search"),
     "prefill_chunk_size": ((None,), "chunked prefill"),
@@ -834,6 +832,11 @@ def _unused(cfg: GenerationConfig) -> list[str]:
                     f"GenerationConfig.{name}={value!r} has no effect without "
                     f"eos_token_id; allowed: set eos_token_id"
                 )
+    if _is_num(cfg.diversity_penalty) and cfg.diversity_penalty != 0.0 and (
+            cfg.num_beam_groups == 1):
+        issues.append(
+            f"GenerationConfig.diversity_penalty={cfg.diversity_penalty!r} has no effect "
+            f"without num_beam_groups > 1; allowed: 0.0")
     if cfg.output_scores is True and cfg.return_dict_in_generate is not True:
         issues.append(
             "GenerationConfig.output_scores=True has no effect without "

@@ -19,6 +19,7 @@ from jaxgen import processors as P
 from jaxgen.config import GenerationConfig
 from jaxgen.decoding import DecodeSpec, DecodeState, Knobs, prefill, run_steps
 from jaxgen.decoding.beam import BeamState
+from jaxgen.decoding.diverse import GroupBeamState, finalize_groups
 from jaxgen.processors.base import pad_ids, processors_of
 
 MIN_PROMPT_BUCKET = 16
@@ -164,7 +165,8 @@ def build_knobs(cfg: GenerationConfig, prompt_len: int, user: Sequence[Any]) -> 
     pad = cfg.pad_token_id if cfg.pad_token_id is not None else (eos[0] if eos else 0)
     return Knobs(processors=P.chain(*merged), warpers=P.Chain(tuple(warpers)),
                  eos=pad_ids(eos), pad=np.asarray(pad, np.int32),
-                 length_penalty=np.asarray(cfg.length_penalty, np.float32))
+                 length_penalty=np.asarray(cfg.length_penalty, np.float32),
+                 diversity_penalty=np.asarray(cfg.diversity_penalty, np.float32))
 
 
 @dataclasses.dataclass
@@ -220,7 +222,9 @@ def prepare(model: Any, input_ids: Any, attention_mask: Any = None, *,
                       output_scores=bool(cfg.output_scores),
                       new_bucket=bucket(max_new, MIN_NEW_BUCKET), num_beams=beams,
                       early_stopping=cfg.early_stopping if beams > 1 else False,
-                      n_keep=max(2, 1 + len(eos)) * beams if beams > 1 else 0)
+                      n_keep=max(2, 1 + len(eos)) * beams if beams > 1 else 0,
+                      num_beam_groups=cfg.num_beam_groups if beams > 1 else 1,
+                      n_eos=len(eos))
     return Prepared(spec=spec, input_ids=ids, attention_mask=mask, knobs=knobs,
                     rng=_as_key(rng), start=np.asarray(extra, np.int32),
                     max_len=np.asarray(p + max_new, np.int32), max_new_tokens=max_new,
@@ -233,10 +237,12 @@ def start(prep: Prepared, params: Any) -> DecodeState:
                    prep.rng, prep.start, prep.max_len)
 
 
-def finish(prep: Prepared, state: DecodeState | BeamState) -> GenerateOutput | np.ndarray:
+def finish(prep: Prepared, state: DecodeState | BeamState | GroupBeamState) -> GenerateOutput | np.ndarray:
     """Slice the buffer back to transformers' layout (one host sync)."""
     if isinstance(state, BeamState):
         return _finish_beams(prep, state)
+    if isinstance(state, GroupBeamState):
+        return _finish_groups(prep, state)
     cur = int(state.cur)
     # slice on the host: a device slice of a data-dependent width would compile per width
     seqs = np.asarray(state.sequences)[:, int(prep.start):cur]
@@ -268,6 +274,23 @@ def _finish_beams(prep: Prepared, state: BeamState) -> GenerateOutput | np.ndarr
         scores = tuple(all_scores[:, i] for i in range(int(state.cur) - state.prompt_end))
     return GenerateOutput(sequences=seqs, scores=scores, sequences_scores=seq_scores,
                           beam_indices=beams[:, :n_new])
+
+
+def _finish_groups(prep: Prepared, state: GroupBeamState) -> GenerateOutput | np.ndarray:
+    """transformers 4.x group beam search outputs (``beam_indices`` are not tracked)."""
+    cfg = prep.config
+    seqs, seq_scores = finalize_groups(
+        state, num_return_sequences=cfg.num_return_sequences, pad=int(prep.knobs.pad),
+        eos=list(cfg.eos_token_ids()) or [int(prep.knobs.pad)], start=int(prep.start),
+        max_length_slot=int(prep.max_len), length_penalty=float(cfg.length_penalty))
+    if not cfg.return_dict_in_generate:
+        return seqs
+    scores = None
+    if cfg.output_scores:
+        all_scores = np.asarray(state.scores)
+        scores = tuple(all_scores[:, i] for i in range(int(state.cur) - state.prompt_end))
+    return GenerateOutput(sequences=seqs, scores=scores,
+                          sequences_scores=seq_scores if cfg.output_scores else None)
 
 
 def compute_transition_scores(sequences: Any, scores: Sequence[Any],

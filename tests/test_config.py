@@ -349,8 +349,6 @@ UNSUPPORTED_VALUES: dict[str, tuple[Any, dict[str, Any]]] = {
     "low_memory": (True, {}),
     "penalty_alpha": (0.6, {}),
     "dola_layers": ("high", {}),
-    "diversity_penalty": (0.5, {}),
-    "num_beam_groups": (2, {"num_beams": 4}),
     "constraints": ([object()], {}),
     "force_words_ids": ([[1, 2]], {}),
     "prefill_chunk_size": (64, {}),

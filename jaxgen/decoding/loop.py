@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxgen.decoding.beam import BeamState, beam_choose, init_beam_state
+from jaxgen.decoding.diverse import GroupBeamState, group_beam_choose, init_group_state
 from jaxgen.decoding.sample import choose
 from jaxgen.decoding.state import DecodeState, Knobs
 from jaxgen.models.base import positions_from_mask
@@ -32,12 +33,20 @@ class DecodeSpec:
     num_beams: int = 1        # > 1: beam search (rows are batch * num_beams)
     early_stopping: Any = False  # True / False / "never" (beam search)
     n_keep: int = 0           # beam candidates kept per step: max(2, 1 + n_eos) * num_beams
+    num_beam_groups: int = 1  # > 1: diverse (group) beam search
+    n_eos: int = 0            # number of eos ids (group beam search candidate count)
 
 
-State = DecodeState | BeamState
+State = DecodeState | BeamState | GroupBeamState
 
 
 def _choose(spec: DecodeSpec, state: State, logits: jax.Array) -> State:
+    if spec.num_beam_groups > 1:
+        return group_beam_choose(state, logits, model=spec.model, num_beams=spec.num_beams,
+                                 num_groups=spec.num_beam_groups, n_eos=spec.n_eos,
+                                 early_stopping=spec.early_stopping,
+                                 diversity_penalty=state.knobs.diversity_penalty,
+                                 output_scores=spec.output_scores)
     if spec.num_beams > 1:
         return beam_choose(state, logits, model=spec.model, num_beams=spec.num_beams,
                            n_keep=spec.n_keep, do_sample=spec.do_sample,
@@ -68,7 +77,10 @@ def prefill(spec: DecodeSpec, params: Any, input_ids: jax.Array, attention_mask:
     common = dict(sequences=sequences, attention_mask=mask, position=positions[:, -1],
                   cache=cache, cur=jnp.asarray(p, jnp.int32), start=start.astype(jnp.int32),
                   max_len=max_len.astype(jnp.int32), rng=rng, knobs=knobs, prompt_end=p)
-    if spec.num_beams > 1:
+    if spec.num_beam_groups > 1:
+        state = init_group_state(common, spec.num_beams, spec.num_beam_groups, vocab,
+                                 spec.output_scores)
+    elif spec.num_beams > 1:
         state = init_beam_state(common, spec.num_beams, vocab, spec.output_scores)
     else:
         state = DecodeState(

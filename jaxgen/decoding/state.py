@@ -20,6 +20,7 @@ class Knobs:
     eos: [n_eos] int32 eos ids padded with -1.
     pad: int32 scalar written by finished rows.
     length_penalty: float32 scalar (beam search).
+    diversity_penalty: float32 scalar (group beam search).
     """
 
     processors: Chain
@@ -27,6 +28,7 @@ class Knobs:
     eos: Int[Array, " n_eos"]
     pad: Int[Array, ""]
     length_penalty: Float[Array, ""]
+    diversity_penalty: Float[Array, ""]
 
 
 @struct.dataclass
