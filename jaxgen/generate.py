@@ -237,7 +237,8 @@ def start(prep: Prepared, params: Any) -> DecodeState:
                    prep.rng, prep.start, prep.max_len)
 
 
-def finish(prep: Prepared, state: DecodeState | BeamState | GroupBeamState) -> GenerateOutput | np.ndarray:
+def finish(prep: Prepared,
+           state: DecodeState | BeamState | GroupBeamState) -> GenerateOutput | np.ndarray:
     """Slice the buffer back to transformers' layout (one host sync)."""
     if isinstance(state, BeamState):
         return _finish_beams(prep, state)

@@ -176,8 +176,9 @@ def group_beam_choose(state: GroupBeamState, logits: Float[Array, "rows vocab"],
         pos = jnp.cumsum(non_eos, axis=1) - 1
         pick = non_eos[:, None, :] & (pos[:, None, :] == jnp.arange(s)[None, :, None])
         r_of = jnp.argmax(pick, axis=-1)                                # [B, S]
-        take = lambda x: jnp.take_along_axis(x, r_of, axis=1)  # noqa: E731
-        g_tok, g_score, g_src = take(tok), take(top_lp), lo + take(beam_in)
+        g_tok, g_score, g_src = (jnp.take_along_axis(x, r_of, axis=1)
+                                 for x in (tok, top_lp, beam_in))
+        g_src = lo + g_src
         was_done = done[:, g:g + 1]
         g_tok = jnp.where(was_done, knobs.pad, g_tok)
         g_score = jnp.where(was_done, 0.0, g_score)
