@@ -224,7 +224,7 @@ def prepare(model: Any, input_ids: Any, attention_mask: Any = None, *,
                       early_stopping=cfg.early_stopping if beams > 1 else False,
                       n_keep=max(2, 1 + len(eos)) * beams if beams > 1 else 0,
                       num_beam_groups=cfg.num_beam_groups if beams > 1 else 1,
-                      n_eos=len(eos))
+                      n_eos=len(eos) if beams > 1 else 0)  # shapes only for beams
     return Prepared(spec=spec, input_ids=ids, attention_mask=mask, knobs=knobs,
                     rng=_as_key(rng), start=np.asarray(extra, np.int32),
                     max_len=np.asarray(p + max_new, np.int32), max_new_tokens=max_new,
