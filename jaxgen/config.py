@@ -622,6 +622,12 @@ SUPPORTED: frozenset[str] = frozenset({
     "temperature", "top_k", "top_p", "min_p", "num_return_sequences", "output_scores",
     "return_dict_in_generate", "pad_token_id", "bos_token_id", "eos_token_id",
     "num_beams", "length_penalty", "early_stopping", "num_beam_groups", "diversity_penalty",
+    "repetition_penalty", "encoder_repetition_penalty", "no_repeat_ngram_size",
+    "encoder_no_repeat_ngram_size", "bad_words_ids", "renormalize_logits",
+    "forced_bos_token_id", "forced_eos_token_id", "remove_invalid_values",
+    "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens",
+    "sequence_bias", "guidance_scale", "presence_penalty", "frequency_penalty", "logit_bias",
+    "typical_p", "epsilon_cutoff", "eta_cutoff", "top_h", "watermarking_config",
 })  # fmt: skip
 
 #: Every other field: (values that leave outputs unchanged, what the field enables).
@@ -638,29 +644,10 @@ NEUTRAL: dict[str, tuple[tuple[Any, ...], str]] = {
     ),
     "cache_config": ((None,), "KV cache class arguments"),
     "max_cache_len": ((None,), "torch static cache size"),
-    "top_h": ((None,), "top-H sampling"),
-    "typical_p": ((1.0,), "typical sampling"),
-    "epsilon_cutoff": ((0.0,), "epsilon sampling"),
-    "eta_cutoff": ((0.0,), "eta sampling"),
-    "repetition_penalty": ((1.0,), "repetition penalty"),
-    "encoder_repetition_penalty": ((1.0,), "encoder-decoder models"),
-    "no_repeat_ngram_size": ((0,), "no-repeat n-gram"),
-    "bad_words_ids": ((None,), "bad words"),
-    "renormalize_logits": ((False,), "logit renormalisation"),
-    "forced_bos_token_id": ((None,), "forced BOS token"),
-    "forced_eos_token_id": ((None,), "forced EOS token"),
-    "remove_invalid_values": ((False,), "NaN/inf removal"),
-    "exponential_decay_length_penalty": ((None,), "exponential decay length penalty"),
-    "suppress_tokens": ((None,), "token suppression"),
-    "begin_suppress_tokens": ((None,), "begin-token suppression"),
-    "sequence_bias": ((None,), "sequence bias"),
     "token_healing": ((False,), "token healing"),
-    "guidance_scale": ((None, 1.0), "classifier-free guidance"),
-    "watermarking_config": ((None,), "watermarking"),
     "output_attentions": ((False,), "returning attentions"),
     "output_hidden_states": ((False,), "returning hidden states"),
     "output_logits": ((False,), "returning raw logits"),
-    "encoder_no_repeat_ngram_size": ((0,), "encoder-decoder models"),
     "decoder_start_token_id": ((None,), "encoder-decoder models"),
     "is_assistant": ((False,), "assisted generation"),
     "num_assistant_tokens": ((20,), "assisted generation"),
@@ -682,9 +669,6 @@ NEUTRAL: dict[str, tuple[tuple[Any, ...], str]] = {
     "constraints": ((None,), "constrained beam search"),
     "force_words_ids": ((None,), "constrained beam search"),
     "prefill_chunk_size": ((None,), "chunked prefill"),
-    "presence_penalty": ((0.0,), "presence penalty"),
-    "frequency_penalty": ((0.0,), "frequency penalty"),
-    "logit_bias": ((None,), "logit bias"),
 }
 
 #: Only used when sampling (transformers warns when set with do_sample=False).
@@ -695,9 +679,9 @@ SAMPLING_ONLY = frozenset(
 #: Only used by beam search (transformers warns when set with num_beams=1).
 BEAM_ONLY = frozenset({"early_stopping", "length_penalty"})
 #: Only used by encoder-decoder models (transformers ignores them for decoder-only ones).
-ENCODER_DECODER_ONLY = frozenset(
-    {"encoder_no_repeat_ngram_size", "encoder_repetition_penalty", "decoder_start_token_id"}
-)
+# (encoder_repetition_penalty / encoder_no_repeat_ngram_size apply to the prompt ids of a
+# decoder-only model, as in transformers)
+ENCODER_DECODER_ONLY = frozenset({"decoder_start_token_id"})
 
 _MODE_ONLY = tuple(n for n in _FIELDS if n in SAMPLING_ONLY | BEAM_ONLY | ENCODER_DECODER_ONLY)
 _TOKEN_FIELDS = ("pad_token_id", "bos_token_id", "eos_token_id", "forced_bos_token_id",

@@ -8,19 +8,19 @@ bucketed shapes; every tunable number travels as a fixed-dtype array leaf.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxgen import processors as P
+from jaxgen.chains import build_knobs
 from jaxgen.config import GenerationConfig
 from jaxgen.decoding import DecodeSpec, DecodeState, Knobs, prefill, run_steps
 from jaxgen.decoding.beam import BeamState
 from jaxgen.decoding.diverse import GroupBeamState, finalize_groups
-from jaxgen.processors.base import pad_ids, processors_of
+from jaxgen.processors.base import processors_of
 
 MIN_PROMPT_BUCKET = 16
 MIN_NEW_BUCKET = 16
@@ -133,42 +133,6 @@ def _as_key(rng: Any) -> jax.Array:
                     f"{type(rng).__name__}")
 
 
-def build_knobs(cfg: GenerationConfig, prompt_len: int, user: Sequence[Any]) -> Knobs:
-    """The processor chain in transformers' order, user processors merged like it does.
-
-    A user processor of a built-in type replaces the built-in; the others follow the
-    built-in processors and precede the sampling warpers. Temperature is always in a
-    sampling chain (dividing by 1.0 is exact), so changing it never recompiles.
-    """
-    eos = list(cfg.eos_token_ids())
-    built: list[Any] = []
-    if eos and cfg.min_length and cfg.min_length > 0:
-        built.append(P.MinLength(cfg.min_length, eos))
-    if eos and cfg.min_new_tokens and cfg.min_new_tokens > 0:
-        built.append(P.MinNewTokensLength(prompt_len, cfg.min_new_tokens, eos))
-    merged = []
-    for b in built:
-        custom = [u for u in user if type(u) is type(b)]
-        merged.append(custom[0] if custom else b)
-    merged += [u for u in user if not any(u is m for m in merged)]
-    warpers: list[Any] = []
-    if cfg.do_sample:
-        # beam sampling keeps a non-eos continuation per beam, like transformers
-        keep = len(eos) + 1 if cfg.num_beams > 1 else 1
-        warpers.append(P.Temperature(float(cfg.temperature)))
-        if cfg.top_k:
-            warpers.append(P.TopK(int(cfg.top_k), min_tokens_to_keep=keep))
-        if cfg.top_p is not None and cfg.top_p < 1.0:
-            warpers.append(P.TopP(float(cfg.top_p), min_tokens_to_keep=keep))
-        if cfg.min_p is not None:
-            warpers.append(P.MinP(float(cfg.min_p), min_tokens_to_keep=keep))
-    pad = cfg.pad_token_id if cfg.pad_token_id is not None else (eos[0] if eos else 0)
-    return Knobs(processors=P.chain(*merged), warpers=P.Chain(tuple(warpers)),
-                 eos=pad_ids(eos), pad=np.asarray(pad, np.int32),
-                 length_penalty=np.asarray(cfg.length_penalty, np.float32),
-                 diversity_penalty=np.asarray(cfg.diversity_penalty, np.float32))
-
-
 @dataclasses.dataclass
 class Prepared:
     """A validated, bucketed request: the host-side half of ``generate``."""
@@ -187,7 +151,10 @@ class Prepared:
 def prepare(model: Any, input_ids: Any, attention_mask: Any = None, *,
             config: GenerationConfig | None = None, logits_processor: Sequence[Any] | None = None,
             stopping_criteria: Sequence[Any] | None = None, rng: Any = None,
-            strict: bool = True, **kwargs: Any) -> Prepared:
+            strict: bool = True, params: Any = None,
+            prefix_allowed_tokens_fn: Callable[..., Any] | None = None,
+            negative_prompt_ids: Any = None, negative_prompt_attention_mask: Any = None,
+            **kwargs: Any) -> Prepared:
     """Validate everything and build the arrays for ``prefill`` (no compilation).
 
     strict: settings without effect (e.g. ``temperature`` with greedy decoding) raise;
@@ -208,12 +175,17 @@ def prepare(model: Any, input_ids: Any, attention_mask: Any = None, *,
     width = ids.shape[1]
     max_new = cfg.effective_max_length(width, max_position_embeddings=_max_positions(model))
     max_new -= width  # effective_max_length raised if nothing is left to generate
+    prompt_ids = ids
     beams = cfg.num_beams
     # rows repeated like transformers: [a, b] -> [a, a, b, b] (beams, or sampled sequences)
     repeat = beams if beams > 1 else (cfg.num_return_sequences or 1)
     if repeat > 1:
         ids, mask = np.repeat(ids, repeat, axis=0), np.repeat(mask, repeat, axis=0)
-    knobs = build_knobs(cfg, width, user)
+    knobs = build_knobs(cfg, prompt_ids=prompt_ids, max_length=width + max_new, user=user,
+                        model=model, params=params,
+                        prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
+                        negative_prompt_ids=negative_prompt_ids,
+                        negative_prompt_attention_mask=negative_prompt_attention_mask)
     p = bucket(width, MIN_PROMPT_BUCKET)
     extra = p - width
     ids = np.concatenate([np.full((ids.shape[0], extra), knobs.pad, np.int32), ids], 1)
@@ -324,18 +296,27 @@ def generate(model: Any, params: Any, input_ids: Any, attention_mask: Any = None
              config: GenerationConfig | None = None,
              logits_processor: Sequence[Any] | None = None,
              stopping_criteria: Sequence[Any] | None = None, rng: Any = None,
-             strict: bool = True, **kwargs: Any) -> GenerateOutput | np.ndarray:
+             strict: bool = True, prefix_allowed_tokens_fn: Callable[..., Any] | None = None,
+             negative_prompt_ids: Any = None, negative_prompt_attention_mask: Any = None,
+             **kwargs: Any) -> GenerateOutput | np.ndarray:
     """Generate like transformers' ``model.generate``.
 
     input_ids: int [batch, length], left-padded; attention_mask: same shape, or None.
     config: base GenerationConfig; keyword arguments override its fields.
     strict: False turns settings without effect into warnings (see ``prepare``).
+    prefix_allowed_tokens_fn: jittable ``fn(batch_id [rows], ctx) -> allowed [rows, vocab]``
+        (see ``processors.PrefixConstrained``).
+    negative_prompt_ids / negative_prompt_attention_mask: the unconditional prompt of
+        classifier-free guidance (``guidance_scale``).
     Returns numpy int32 sequences [batch * num_return_sequences, length + new], or a
     ``GenerateOutput`` when ``return_dict_in_generate=True``.
     """
     prep = prepare(model, input_ids, attention_mask, config=config,
                    logits_processor=logits_processor, stopping_criteria=stopping_criteria,
-                   rng=rng, strict=strict, **kwargs)
+                   rng=rng, strict=strict, params=params,
+                   prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
+                   negative_prompt_ids=negative_prompt_ids,
+                   negative_prompt_attention_mask=negative_prompt_attention_mask, **kwargs)
     state = start(prep, params)
     # prefill chose the first token; the loop writes the remaining max_new_tokens - 1
     state = run_steps(prep.spec, params, state, np.asarray(prep.max_new_tokens - 1, np.int32))

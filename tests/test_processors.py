@@ -98,9 +98,10 @@ def test_stateless_and_chain_flatten():
 
 # --- property tests ---------------------------------------------------------------------
 
+# no subnormals: XLA:CPU flushes them to zero, which creates ties numpy does not see
+_logit = st.floats(-20, 20, width=32, allow_subnormal=False)
 logit_rows = st.integers(1, 4).flatmap(lambda b: st.integers(2, 40).flatmap(
-    lambda v: st.lists(st.lists(st.floats(-20, 20, width=32), min_size=v, max_size=v),
-                       min_size=b, max_size=b)))
+    lambda v: st.lists(st.lists(_logit, min_size=v, max_size=v), min_size=b, max_size=b)))
 
 WARPERS = st.one_of(
     st.floats(0.05, 5.0).map(lambda t: P.Temperature(t)),

@@ -40,6 +40,10 @@ def warp_and_sample(warpers: tuple[Any, ...], states: tuple[Any, ...],
     for w, s in zip(warpers, states, strict=True):
         if ids is None and isinstance(w, TopK):
             vals, ids = w.candidates(vals)        # [batch, vocab] -> [batch, k_max]
+        elif ids is not None and not w.is_warper:
+            # a processor that looks at token ids (e.g. a watermark): back to the full row
+            vals, ids = _scatter(vals, ids, logits.shape), None
+            vals, s = w(vals, s, ctx)
         else:
             vals, s = w(vals, s, ctx)
         new_states.append(s)
@@ -47,12 +51,15 @@ def warp_and_sample(warpers: tuple[Any, ...], states: tuple[Any, ...],
     tokens = pick if ids is None else jnp.take_along_axis(ids, pick[:, None], axis=1)[:, 0]
     scores = None
     if want_scores:
-        if ids is None:
-            scores = vals
-        else:
-            rows = jnp.arange(vals.shape[0])[:, None]
-            scores = jnp.full(logits.shape, NEG_INF, logits.dtype).at[rows, ids].set(vals)
+        scores = vals if ids is None else _scatter(vals, ids, logits.shape)
     return tokens.astype(jnp.int32), tuple(new_states), scores
+
+
+def _scatter(vals: Float[Array, "batch k"], ids: Int[Array, "batch k"],
+             shape: tuple[int, int]) -> Float[Array, "batch vocab"]:
+    """Candidate values back at their token ids, -inf elsewhere."""
+    rows = jnp.arange(vals.shape[0])[:, None]
+    return jnp.full(shape, NEG_INF, vals.dtype).at[rows, ids].set(vals)
 
 
 def choose(state: DecodeState, logits: Float[Array, "batch vocab"], do_sample: bool,

@@ -1,8 +1,10 @@
-"""Sampling warpers: temperature, top-k, top-p, min-p (transformers semantics).
+"""Sampling warpers: temperature, top-k, top-p, min-p, typical, epsilon, eta, top-h.
 
-All of them are ``is_warper``: they only compare values within a row, so the sampler
-can run them on the top-k candidates (``[batch, k_max]``) instead of the whole
-vocabulary. Used on full rows (``apply``, ``output_scores``) they match transformers.
+All of them are ``is_warper``: they only look at the multiset of values within a row
+(masked entries are -inf), never at token ids or the row width, so the sampler can run
+them on the top-k candidates (``[batch, k_max]``) instead of the whole vocabulary.
+Used on full rows (``apply``, ``output_scores``) they match transformers. Where
+transformers breaks ties by sort position, these keep every token tied at the cut.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 from flax import struct
+from jaxtyping import Array, Bool, Float
 
 from jaxgen.processors.base import LogitsProcessor, as_leaf, top_k_threshold
 
@@ -175,3 +178,185 @@ class MinP(LogitsProcessor):
             k = self.min_tokens_to_keep
             remove = remove & (logits < top_k_threshold(logits, k, k))
         return jnp.where(remove, self.filter_value, logits), state
+
+
+def _check_min_keep(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}.min_tokens_to_keep must be an int >= 1, got {value!r}")
+
+
+def _entropy(logp: Float[Array, "batch n"]) -> Float[Array, "batch 1"]:
+    """``-sum(p * log p)`` per row; masked (-inf) entries contribute 0."""
+    terms = jnp.where(jnp.isfinite(logp), jnp.exp(logp) * logp, 0.0)
+    return -jnp.sum(terms, axis=-1, keepdims=True)
+
+
+def _keep_best(logits: Float[Array, "batch n"], min_keep: int) -> Bool[Array, "batch n"]:
+    """The ``min_keep`` largest logits per row (ties at the cut kept), as transformers'
+    ``scores >= topk(scores, min_keep)[-1]``; a row maximum for ``min_keep == 1``."""
+    if min_keep == 1:
+        return logits >= jnp.max(logits, axis=-1, keepdims=True)
+    return logits >= top_k_threshold(logits, min_keep, min_keep)
+
+
+@struct.dataclass
+class Typical(LogitsProcessor):
+    """Locally typical filtering (transformers' ``TypicalLogitsWarper``).
+
+    Tokens are ranked by their surprisal distance ``|-log p - H|`` to the row entropy
+    ``H``; the closest ones are kept until their mass reaches ``mass``. Rows up to 1024
+    wide are sorted like transformers; wider rows find the same distance cut by an
+    exact bisection on its float32 bit pattern (no full-vocabulary sort).
+    """
+
+    mass: Any = 0.9
+    filter_value: float = struct.field(pytree_node=False, default=NEG_INF)
+    min_tokens_to_keep: int = struct.field(pytree_node=False, default=1)
+    is_warper: ClassVar[bool] = True
+
+    def __post_init__(self):
+        m = self.mass
+        _check("Typical.mass", m, isinstance(m, (int, float)) and 0.0 < m < 1.0,
+               "a float in (0, 1)")
+        _check_min_keep("Typical", self.min_tokens_to_keep)
+        object.__setattr__(self, "mass", as_leaf(m, jnp.float32))
+
+    def __call__(self, logits, state, ctx):
+        if logits.shape[-1] <= _SORT_MAX:
+            keep = _typical_keep_sorted(logits, self.mass, self.min_tokens_to_keep)
+        else:
+            keep = _typical_keep_search(logits, self.mass, self.min_tokens_to_keep)
+        return jnp.where(keep, logits, self.filter_value), state
+
+
+def _typical_distance(logits: Float[Array, "batch n"]
+                      ) -> tuple[Float[Array, "batch n"], Float[Array, "batch n"]]:
+    """``(probs, |-log p - H|)``; masked entries get distance +inf."""
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    return jnp.exp(logp), jnp.abs(-logp - _entropy(logp))
+
+
+def _typical_keep_sorted(logits, mass, min_keep):
+    """transformers' rule: sort by distance, cut where the running mass reaches ``mass``."""
+    probs, dist = _typical_distance(logits)
+    n = logits.shape[-1]
+    order = jnp.argsort(dist, axis=-1)                          # ascending, stable
+    sorted_dist = jnp.take_along_axis(dist, order, axis=-1)
+    cum = jnp.cumsum(jnp.take_along_axis(probs, order, axis=-1), axis=-1)
+    last = jnp.minimum(jnp.sum(cum < mass, axis=-1, keepdims=True), n - 1)   # [batch, 1]
+    cut = jnp.take_along_axis(sorted_dist, last, axis=-1)
+    cut = jnp.maximum(cut, sorted_dist[:, min(min_keep, n) - 1][:, None])
+    return dist <= cut
+
+
+def _typical_keep_search(logits, mass, min_keep):
+    """The sorted rule's cut without a sort: the smallest distance ``d`` whose mass
+    ``M(d) = sum(p[dist <= d])`` reaches ``mass``, found by bisection on the int32 bit
+    pattern of ``d`` (monotone for non-negative floats), so the cut is exact.
+
+    Invariant: ``M(bits lo) < mass <= M(bits hi)``; ``hi`` starts at +inf, which keeps
+    every token when rounding leaves ``M(inf)`` below ``mass`` (transformers' clamp).
+    """
+    probs, dist = _typical_distance(logits)
+    lo = jnp.full(logits.shape[:-1] + (1,), -1, jnp.int32)
+    hi = jnp.full_like(lo, 0x7F800000)                           # bits of +inf
+
+    def body(_, bounds):
+        lo, hi = bounds
+        mid = lo + (hi - lo) // 2
+        d = jax.lax.bitcast_convert_type(mid, jnp.float32)      # NaN for -1: mass 0
+        ok = jnp.sum(jnp.where(dist <= d, probs, 0.0), axis=-1, keepdims=True) >= mass
+        return jnp.where(ok, lo, mid), jnp.where(ok, mid, hi)
+
+    lo, hi = jax.lax.fori_loop(0, 32, body, (lo, hi))
+    keep = dist <= jax.lax.bitcast_convert_type(hi, jnp.float32)
+    if min_keep > 1:
+        keep = keep | (-dist >= top_k_threshold(-dist, min_keep, min_keep))
+    return keep
+
+
+@struct.dataclass
+class Epsilon(LogitsProcessor):
+    """Epsilon sampling: drop tokens with probability below ``epsilon`` (transformers'
+    ``EpsilonLogitsWarper``); the ``min_tokens_to_keep`` best tokens always stay."""
+
+    epsilon: Any = 0.0
+    filter_value: float = struct.field(pytree_node=False, default=NEG_INF)
+    min_tokens_to_keep: int = struct.field(pytree_node=False, default=1)
+    is_warper: ClassVar[bool] = True
+
+    def __post_init__(self):
+        e = self.epsilon
+        _check("Epsilon.epsilon", e, isinstance(e, (int, float)) and 0.0 < e < 1.0,
+               "a float in (0, 1)")
+        _check_min_keep("Epsilon", self.min_tokens_to_keep)
+        object.__setattr__(self, "epsilon", as_leaf(e, jnp.float32))
+
+    def __call__(self, logits, state, ctx):
+        probs = jax.nn.softmax(logits, axis=-1)
+        remove = (probs < self.epsilon) & ~_keep_best(logits, self.min_tokens_to_keep)
+        return jnp.where(remove, self.filter_value, logits), state
+
+
+@struct.dataclass
+class Eta(LogitsProcessor):
+    """Eta sampling (transformers' ``EtaLogitsWarper``): drop tokens with probability
+    below ``eta = min(epsilon, sqrt(epsilon) * exp(-H))``, ``H`` the row entropy.
+
+    ``device`` is accepted for transformers compatibility and ignored (arrays live
+    where the logits are).
+    """
+
+    epsilon: Any = 0.0
+    filter_value: float = struct.field(pytree_node=False, default=NEG_INF)
+    min_tokens_to_keep: int = struct.field(pytree_node=False, default=1)
+    device: Any = struct.field(pytree_node=False, default=None)
+    is_warper: ClassVar[bool] = True
+
+    def __post_init__(self):
+        e = self.epsilon
+        _check("Eta.epsilon", e, isinstance(e, (int, float)) and 0.0 < e < 1.0,
+               "a float in (0, 1)")
+        _check_min_keep("Eta", self.min_tokens_to_keep)
+        object.__setattr__(self, "epsilon", as_leaf(e, jnp.float32))
+        object.__setattr__(self, "device", None)     # ignored; keeps the cache key stable
+
+    def __call__(self, logits, state, ctx):
+        logp = jax.nn.log_softmax(logits, axis=-1)
+        eta = jnp.minimum(self.epsilon, jnp.sqrt(self.epsilon) * jnp.exp(-_entropy(logp)))
+        remove = (jnp.exp(logp) < eta) & ~_keep_best(logits, self.min_tokens_to_keep)
+        return jnp.where(remove, self.filter_value, logits), state
+
+
+@struct.dataclass
+class TopH(LogitsProcessor):
+    """Top-H sampling (transformers' ``TopHLogitsWarper``, arXiv 2509.02510).
+
+    Among the ``top_n = 100`` best tokens (renormalised), keep the most probable ones
+    while their cumulative entropy ``sum(-p log p)`` stays within ``top_h * H`` (``H``
+    the entropy of those ``top_n``); the best token is always kept, every token outside
+    the ``top_n`` is dropped. Like transformers, tokens whose renormalised probability
+    underflows to 0 are dropped. transformers' constructor has no ``min_tokens_to_keep``.
+    """
+
+    top_h: Any = 1.0
+    filter_value: float = struct.field(pytree_node=False, default=NEG_INF)
+    top_n: ClassVar[int] = 100
+    is_warper: ClassVar[bool] = True
+
+    def __post_init__(self):
+        h = self.top_h
+        _check("TopH.top_h", h, isinstance(h, (int, float)) and 0.0 < h <= 1.0,
+               "a float in (0, 1]")
+        object.__setattr__(self, "top_h", as_leaf(h, jnp.float32))
+
+    def __call__(self, logits, state, ctx):
+        vals = jax.lax.top_k(logits, min(self.top_n, logits.shape[-1]))[0]  # [batch, n] desc
+        logp = jax.nn.log_softmax(vals, axis=-1)
+        probs = jnp.exp(logp)
+        tau = _entropy(logp) * self.top_h
+        cum = jnp.cumsum(jnp.where(probs > 0, -probs * logp, 0.0), axis=-1)
+        chosen = (cum <= tau) & (probs > 0)                    # a prefix of the sorted row
+        n_keep = jnp.maximum(jnp.sum(chosen, axis=-1, keepdims=True), 1)     # [batch, 1]
+        cut = jnp.take_along_axis(vals, n_keep - 1, axis=-1)
+        return jnp.where(logits >= cut, logits, self.filter_value), state
