@@ -42,6 +42,7 @@ class BeamState:
     cur: Int[Array, ""]                         # next slot to write
     start: Int[Array, ""]                       # first slot of the caller's input_ids
     max_len: Int[Array, ""]                     # stop before writing this slot
+    elapsed: Float[Array, ""]                   # host wall clock before this chunk (s)
     rng: Any                                    # [B] keys (beam sampling only)
     knobs: Knobs
     proc_state: Any
@@ -62,7 +63,7 @@ class BeamState:
 
     def context(self) -> Context:
         return Context(sequences=self.sequences, attention_mask=self.attention_mask,
-                       cur=self.cur, start=self.start)
+                       cur=self.cur, start=self.start, elapsed=self.elapsed)
 
     def running(self) -> Bool[Array, ""]:
         return (self.cur < self.max_len) & ~self.stop
@@ -78,7 +79,7 @@ def init_beam_state(common: dict[str, Any], num_beams: int, vocab: int,
     running_scores = jnp.zeros((b, k), jnp.float32).at[:, 1:].set(DEAD)
     return BeamState(
         **{n: common[n] for n in ("sequences", "attention_mask", "position", "cache", "cur",
-                                  "start", "max_len", "knobs", "prompt_end")},
+                                  "start", "max_len", "elapsed", "knobs", "prompt_end")},
         rng=common["rng"][::k], proc_state=None,
         scores=jnp.zeros((rows, new, vocab), jnp.float32) if output_scores else None,
         running_scores=running_scores,

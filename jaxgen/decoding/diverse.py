@@ -38,6 +38,7 @@ class GroupBeamState:
     cur: Int[Array, ""]
     start: Int[Array, ""]
     max_len: Int[Array, ""]
+    elapsed: Float[Array, ""]                   # host wall clock before this chunk (s)
     rng: Any
     knobs: Knobs
     proc_state: Any
@@ -57,7 +58,7 @@ class GroupBeamState:
 
     def context(self) -> Context:
         return Context(sequences=self.sequences, attention_mask=self.attention_mask,
-                       cur=self.cur, start=self.start)
+                       cur=self.cur, start=self.start, elapsed=self.elapsed)
 
     def running(self) -> Bool[Array, ""]:
         return (self.cur < self.max_len) & ~jnp.all(self.done)
@@ -73,7 +74,7 @@ def init_group_state(common: dict[str, Any], num_beams: int, num_groups: int, vo
     new = length - common["prompt_end"]
     return GroupBeamState(
         **{n: common[n] for n in ("sequences", "attention_mask", "position", "cache", "cur",
-                                  "start", "max_len", "rng", "knobs", "prompt_end")},
+                                  "start", "max_len", "elapsed", "rng", "knobs", "prompt_end")},
         proc_state=None,
         scores=jnp.zeros((rows, new, vocab), jnp.float32) if output_scores else None,
         beam_scores=beam_scores,

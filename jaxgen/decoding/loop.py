@@ -76,7 +76,8 @@ def prefill(spec: DecodeSpec, params: Any, input_ids: jax.Array, attention_mask:
     vocab = out.shape[-1]
     common = dict(sequences=sequences, attention_mask=mask, position=positions[:, -1],
                   cache=cache, cur=jnp.asarray(p, jnp.int32), start=start.astype(jnp.int32),
-                  max_len=max_len.astype(jnp.int32), rng=rng, knobs=knobs, prompt_end=p)
+                  max_len=max_len.astype(jnp.int32), elapsed=jnp.zeros((), jnp.float32),
+                  rng=rng, knobs=knobs, prompt_end=p)
     if spec.num_beam_groups > 1:
         state = init_group_state(common, spec.num_beams, spec.num_beam_groups, vocab,
                                  spec.output_scores)

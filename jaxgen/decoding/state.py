@@ -48,6 +48,7 @@ class DecodeState:
     cur: Int[Array, ""]                         # next slot to write
     start: Int[Array, ""]                       # first slot of the caller's input_ids
     max_len: Int[Array, ""]                     # stop before writing this slot
+    elapsed: Float[Array, ""]                   # host wall clock before this chunk (s)
     done: Bool[Array, " batch"]                 # row has produced eos (then writes pad)
     rng: Any                                    # [batch] typed keys, one stream per row
     knobs: Knobs
@@ -62,7 +63,7 @@ class DecodeState:
 
     def context(self) -> Context:
         return Context(sequences=self.sequences, attention_mask=self.attention_mask,
-                       cur=self.cur, start=self.start)
+                       cur=self.cur, start=self.start, elapsed=self.elapsed)
 
     def running(self) -> Bool[Array, ""]:
         """True while a token can still be written and some row is unfinished."""

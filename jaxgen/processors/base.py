@@ -35,12 +35,16 @@ class Context:
     attention_mask: [batch, buffer] int32, 1 on real tokens.
     cur: int32 scalar, the slot whose token is being chosen now.
     start: int32 scalar, the slot where the caller's ``input_ids`` begin.
+    elapsed: float32 scalar, wall-clock seconds since generation started, as measured by
+        the host driver before the current chunk of steps (0 within ``generate`` unless a
+        time limit or a chunked driver is in use).
     """
 
     sequences: Int[Array, "batch buffer"]
     attention_mask: Int[Array, "batch buffer"]
     cur: Int[Array, ""]
     start: Int[Array, ""]
+    elapsed: Float[Array, ""] = np.float32(0.0)
 
     @property
     def cur_len(self) -> Int[Array, ""]:
