@@ -1,15 +1,16 @@
 """jaxgen: text generation for JAX/Flax with the Hugging Face ``generate()`` vocabulary."""
 
-from jaxgen import models, processors
+from jaxgen import models, processors, stopping
 from jaxgen.config import GenerationConfig
 from jaxgen.decoding import DecodeSpec, DecodeState, prefill, run_steps
 from jaxgen.generate import GenerateOutput, compute_transition_scores, generate
 from jaxgen.lm import LM, load
+from jaxgen.stream import TextStreamer, stream
 
 __version__ = "0.1.0"
 
 __all__ = [
     "LM", "DecodeSpec", "DecodeState", "GenerateOutput", "GenerationConfig",
     "compute_transition_scores", "generate", "load", "models", "prefill", "processors",
-    "run_steps",
+    "run_steps", "stopping", "stream", "TextStreamer",
 ]

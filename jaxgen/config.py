@@ -628,13 +628,12 @@ SUPPORTED: frozenset[str] = frozenset({
     "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens",
     "sequence_bias", "guidance_scale", "presence_penalty", "frequency_penalty", "logit_bias",
     "typical_p", "epsilon_cutoff", "eta_cutoff", "top_h", "watermarking_config",
+    "max_time", "stop_strings",
 })  # fmt: skip
 
 #: Every other field: (values that leave outputs unchanged, what the field enables).
 #: Move a field to ``SUPPORTED`` (or widen its values) when jaxgen implements it.
 NEUTRAL: dict[str, tuple[tuple[Any, ...], str]] = {
-    "max_time": ((None,), "time limit"),
-    "stop_strings": ((None,), "stop strings"),
     "use_mtp": ((False,), "multi-token prediction"),
     "use_cache": ((True,), "decoding without a KV cache; jaxgen always uses one"),
     # exact KV caches behave the same; jaxgen's cache is preallocated ("static")

@@ -8,13 +8,15 @@ bucketed shapes; every tunable number travels as a fixed-dtype array leaf.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxgen import stopping
 from jaxgen.chains import build_knobs
 from jaxgen.config import GenerationConfig
 from jaxgen.decoding import DecodeSpec, DecodeState, Knobs, prefill, run_steps
@@ -146,6 +148,9 @@ class Prepared:
     max_len: np.ndarray          # int32 scalar: last slot + 1
     max_new_tokens: int
     config: GenerationConfig
+    max_time: float | None = None   # host-side time limit (seconds)
+    chunk: int = 8                  # tokens per run_steps call when driven in chunks
+    uses_clock: bool = False        # a processor reads ctx.elapsed: drive in chunks
 
 
 def prepare(model: Any, input_ids: Any, attention_mask: Any = None, *,
@@ -154,7 +159,7 @@ def prepare(model: Any, input_ids: Any, attention_mask: Any = None, *,
             strict: bool = True, params: Any = None,
             prefix_allowed_tokens_fn: Callable[..., Any] | None = None,
             negative_prompt_ids: Any = None, negative_prompt_attention_mask: Any = None,
-            **kwargs: Any) -> Prepared:
+            tokenizer: Any = None, **kwargs: Any) -> Prepared:
     """Validate everything and build the arrays for ``prefill`` (no compilation).
 
     strict: settings without effect (e.g. ``temperature`` with greedy decoding) raise;
@@ -165,9 +170,18 @@ def prepare(model: Any, input_ids: Any, attention_mask: Any = None, *,
         raise TypeError(f"config must be a jaxgen.GenerationConfig, got {type(cfg).__name__}")
     if kwargs:
         cfg = cfg.replace(**split_kwargs(kwargs))
+    crit = stopping.merge(stopping_criteria, stop_strings=cfg.stop_strings,
+                          tokenizer=tokenizer, max_time=cfg.max_time)
+    if crit.eos_token_id is not None:    # a custom criterion of a built-in type wins
+        cfg = cfg.replace(eos_token_id=crit.eos_token_id)
+    if crit.max_length is not None:
+        cfg = cfg.replace(max_length=crit.max_length, max_new_tokens=None)
+    if crit.max_new_tokens is not None:
+        cfg = cfg.replace(max_new_tokens=crit.max_new_tokens)
     cfg.validate(vocab_size=model.vocab_size, strict=strict)
-    if stopping_criteria:
-        raise ValueError("stopping_criteria is not supported by jaxgen yet; allowed: None or []")
+    if crit.in_loop and cfg.num_beam_groups > 1:
+        raise ValueError("stopping_criteria / stop_strings are not supported with "
+                         "num_beam_groups > 1 (diverse beam search); allowed: None")
     user = processors_of(logits_processor)
     eos = list(cfg.eos_token_ids())
     ids = _as_2d_ids(input_ids, model.vocab_size)
@@ -186,6 +200,7 @@ def prepare(model: Any, input_ids: Any, attention_mask: Any = None, *,
                         prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
                         negative_prompt_ids=negative_prompt_ids,
                         negative_prompt_attention_mask=negative_prompt_attention_mask)
+    knobs = knobs.replace(stopping=crit.in_loop)
     p = bucket(width, MIN_PROMPT_BUCKET)
     extra = p - width
     ids = np.concatenate([np.full((ids.shape[0], extra), knobs.pad, np.int32), ids], 1)
@@ -200,13 +215,64 @@ def prepare(model: Any, input_ids: Any, attention_mask: Any = None, *,
     return Prepared(spec=spec, input_ids=ids, attention_mask=mask, knobs=knobs,
                     rng=_as_key(rng), start=np.asarray(extra, np.int32),
                     max_len=np.asarray(p + max_new, np.int32), max_new_tokens=max_new,
-                    config=cfg)
+                    config=cfg, max_time=crit.max_time, chunk=crit.chunk,
+                    uses_clock=any(getattr(x, "uses_clock", False)
+                                   for x in (*knobs.processors.processors,
+                                             *knobs.warpers.processors)))
 
 
 def start(prep: Prepared, params: Any) -> DecodeState:
-    """Prefill and choose the first token."""
-    return prefill(prep.spec, params, prep.input_ids, prep.attention_mask, prep.knobs,
-                   prep.rng, prep.start, prep.max_len)
+    """Prefill and choose the first token (prompt rows split over the params' mesh, if any)."""
+    from jaxgen.sharding import place_prompt
+
+    ids, mask = place_prompt(prep, params)
+    return prefill(prep.spec, params, ids, mask, prep.knobs, prep.rng, prep.start,
+                   prep.max_len)
+
+
+def chunks(prep: Prepared, params: Any, state: Any, t0: float) -> Iterator[Any]:
+    """Run the loop ``prep.chunk`` tokens at a time, yielding the state after each chunk.
+
+    Between chunks the host sets ``state.elapsed`` (seconds since ``t0``) and, once
+    ``max_time`` has passed, ends generation: no more tokens for greedy / sampling, one
+    last step for beam strategies where every candidate counts as stopped (transformers'
+    ``MaxTimeCriteria``). This is the only host interaction: one call per chunk.
+    """
+    n = np.asarray(prep.chunk, np.int32)
+    while bool(state.running()):
+        elapsed = time.perf_counter() - t0
+        if prep.max_time is not None and elapsed > prep.max_time:
+            last = state.cur if isinstance(state, DecodeState) else state.cur + 1
+            state = state.replace(max_len=jnp.minimum(state.max_len, last))
+            if not bool(state.running()):
+                break
+        state = run_steps(prep.spec, params,
+                          state.replace(elapsed=jnp.asarray(elapsed, jnp.float32)), n)
+        yield state
+    yield state
+
+
+def run_to_end(prep: Prepared, params: Any, state: Any, t0: float,
+               streamer: Any = None) -> Any:
+    """Finish the loop: one ``run_steps`` call, or chunks when a time limit, a clock-reading
+    processor or a streamer needs the host between steps."""
+    if prep.max_time is None and not prep.uses_clock and streamer is None:
+        # prefill chose the first token; the loop writes the remaining max_new_tokens - 1
+        return run_steps(prep.spec, params, state,
+                         np.asarray(prep.max_new_tokens - 1, np.int32))
+    shown = state.prompt_end
+    if streamer is not None:
+        streamer.put(np.asarray(prep.input_ids)[:, int(prep.start):])
+        streamer.put(np.asarray(state.sequences)[:, shown:int(state.cur)])
+        shown = int(state.cur)
+    last = state
+    for last in chunks(prep, params, state, t0):
+        if streamer is not None and int(last.cur) > shown:
+            streamer.put(np.asarray(last.sequences)[:, shown:int(last.cur)])
+            shown = int(last.cur)
+    if streamer is not None:
+        streamer.end()
+    return last
 
 
 def finish(prep: Prepared,
@@ -298,6 +364,7 @@ def generate(model: Any, params: Any, input_ids: Any, attention_mask: Any = None
              stopping_criteria: Sequence[Any] | None = None, rng: Any = None,
              strict: bool = True, prefix_allowed_tokens_fn: Callable[..., Any] | None = None,
              negative_prompt_ids: Any = None, negative_prompt_attention_mask: Any = None,
+             tokenizer: Any = None, streamer: Any = None,
              **kwargs: Any) -> GenerateOutput | np.ndarray:
     """Generate like transformers' ``model.generate``.
 
@@ -308,16 +375,26 @@ def generate(model: Any, params: Any, input_ids: Any, attention_mask: Any = None
         (see ``processors.PrefixConstrained``).
     negative_prompt_ids / negative_prompt_attention_mask: the unconditional prompt of
         classifier-free guidance (``guidance_scale``).
+    stopping_criteria: ``jaxgen.stopping`` criteria, merged like transformers.
+    tokenizer: needed for ``stop_strings``.
+    streamer: an object with ``put(ids)`` / ``end()`` (transformers' streamer protocol):
+        it gets the prompt ids, then the new tokens ``[rows, n]`` after every chunk.
     Returns numpy int32 sequences [batch * num_return_sequences, length + new], or a
     ``GenerateOutput`` when ``return_dict_in_generate=True``.
     """
+    t0 = time.perf_counter()
+    if streamer is not None and (kwargs.get("num_beams") or 1) > 1:
+        raise ValueError("streamer= works with greedy decoding and sampling, not with "
+                         "num_beams > 1 (as in transformers)")
     prep = prepare(model, input_ids, attention_mask, config=config,
                    logits_processor=logits_processor, stopping_criteria=stopping_criteria,
                    rng=rng, strict=strict, params=params,
                    prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
                    negative_prompt_ids=negative_prompt_ids,
-                   negative_prompt_attention_mask=negative_prompt_attention_mask, **kwargs)
+                   negative_prompt_attention_mask=negative_prompt_attention_mask,
+                   tokenizer=tokenizer, **kwargs)
+    if streamer is not None and prep.spec.num_beams > 1:
+        raise ValueError("streamer= works with greedy decoding and sampling, not with "
+                         "num_beams > 1 (as in transformers)")
     state = start(prep, params)
-    # prefill chose the first token; the loop writes the remaining max_new_tokens - 1
-    state = run_steps(prep.spec, params, state, np.asarray(prep.max_new_tokens - 1, np.int32))
-    return finish(prep, state)
+    return finish(prep, run_to_end(prep, params, state, t0, streamer))

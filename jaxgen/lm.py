@@ -39,6 +39,7 @@ class LM:
         """
         if input_ids is None:
             raise ValueError("input_ids is required, e.g. lm.generate(**lm.tokenizer([text]))")
+        kwargs.setdefault("tokenizer", self.tokenizer)  # for stop_strings
         return generate(self.model, self.params, input_ids, attention_mask,
                         config=config if config is not None else self.generation_config,
                         logits_processor=logits_processor, stopping_criteria=stopping_criteria,
@@ -74,11 +75,15 @@ def load(path: str | Path | None = None, dtype: Any = None, mesh: Any = None) ->
     ``tokenizer.json`` and ``generation_config.json``); no path loads the bundled model.
 
     dtype: None (float32), "float32", "bfloat16" or a jnp dtype.
+    mesh: a ``jax.sharding.Mesh`` with ``data`` and ``model`` axes: parameters are placed
+    by ``jaxgen.sharding.rules_for(model)`` (see ``jaxgen.sharding.shard_params``).
     """
     from jaxgen.models.checkpoint import load_checkpoint
 
     if mesh is not None:
-        raise ValueError("load(mesh=...) is not supported by jaxgen yet; allowed: None")
+        from jaxgen.sharding import auto_axes
+
+        mesh = auto_axes(mesh)  # validates the type; Explicit axes -> Auto
     if path is None:
         path = DEFAULT_MODEL_DIR
         if not (path / "config.json").exists():
@@ -87,6 +92,11 @@ def load(path: str | Path | None = None, dtype: Any = None, mesh: Any = None) ->
                 f"one made by `jaxgen make-tiny DIR`")
     path = Path(path)
     model, params, gen_dict = load_checkpoint(path, dtype=dtype)
+    if mesh is not None:
+        from jaxgen.sharding import check_model, shard_params
+
+        check_model(model, mesh)
+        params = shard_params(params, mesh, model=model)
     tokenizer = None
     if (path / "tokenizer.json").exists():
         from jaxgen.tokenizer import Tokenizer

@@ -301,8 +301,6 @@ def test_all_problems_are_listed_together():
 
 # A valid, non-neutral value for every unsupported field (extra settings in "with").
 UNSUPPORTED_VALUES: dict[str, tuple[Any, dict[str, Any]]] = {
-    "max_time": (1.5, {}),
-    "stop_strings": (["\n\n"], {}),
     "use_mtp": (True, {}),
     "use_cache": (False, {}),
     "cache_implementation": ("quantized", {}),

@@ -27,6 +27,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from jaxgen.decoding.state import Knobs
 from jaxgen.processors.base import Context, id_mask
+from jaxgen.stopping import any_done
 
 DEAD = -1.0e9  # transformers' score for dead / unusable beams
 
@@ -152,6 +153,14 @@ def beam_choose(state: BeamState, logits: Float[Array, "rows vocab"], *, model: 
     cand_beams = jax.lax.dynamic_update_slice(_gather(state.running_beams, beam_of),
                                               flat_beam[:, :, None], (0, 0, state.new_tokens))
     hits = id_mask(knobs.eos, vocab)[token] | (state.cur + 1 >= state.max_len)
+    new_mask = jax.lax.dynamic_update_slice(state.attention_mask,
+                                            jnp.ones((rows, 1), jnp.int32), (0, state.cur))
+    if knobs.stopping:  # criteria see every candidate's sequence, as in transformers
+        cand_mask = jnp.repeat(new_mask.reshape(b, k, length)[:, :1], n_keep, axis=1)
+        after = Context(sequences=cand_seq.reshape(b * n_keep, length),
+                        attention_mask=cand_mask.reshape(b * n_keep, length),
+                        cur=state.cur + 1, start=state.start, elapsed=state.elapsed)
+        hits = hits | any_done(knobs.stopping, after).reshape(b, n_keep)
 
     # running beams for the next step: the best candidates that did not stop
     run_lp = top_lp + hits.astype(jnp.float32) * DEAD
@@ -195,11 +204,9 @@ def beam_choose(state: BeamState, logits: Float[Array, "rows vocab"], *, model: 
     open_beams = ~(jnp.all(finished) & (early_stopping is True))
     stop = ~(jnp.any(improvable) & open_beams & ~jnp.all(hits))
 
-    b_ones = jnp.ones((rows, 1), jnp.int32)
     return state.replace(
         sequences=running_seq.reshape(rows, length),
-        attention_mask=jax.lax.dynamic_update_slice(state.attention_mask, b_ones,
-                                                    (0, state.cur)),
+        attention_mask=new_mask,
         position=state.position + 1, cache=cache, cur=state.cur + 1, proc_state=proc_state,
         scores=new_scores, running_scores=running_scores, running_beams=running_beams,
         done_sequences=done_sequences, done_scores=done_scores, done_beams=done_beams,

@@ -17,6 +17,7 @@ from jaxtyping import Array, Float, Int
 from jaxgen.decoding.state import DecodeState
 from jaxgen.processors.base import Context, id_mask
 from jaxgen.processors.sampling import NEG_INF, TopK
+from jaxgen.stopping import any_done
 
 
 def fast_argmax(x: Float[Array, "batch n"]) -> Int[Array, " batch"]:
@@ -78,15 +79,21 @@ def choose(state: DecodeState, logits: Float[Array, "batch vocab"], do_sample: b
     tokens = jnp.where(state.done, knobs.pad, tokens)
     done = state.done | id_mask(knobs.eos, logits.shape[-1])[tokens]
     b = tokens.shape[0]
+    sequences = jax.lax.dynamic_update_slice(state.sequences, tokens[:, None], (0, state.cur))
+    mask = jax.lax.dynamic_update_slice(state.attention_mask, jnp.ones((b, 1), jnp.int32),
+                                        (0, state.cur))
+    if knobs.stopping:
+        after = Context(sequences=sequences, attention_mask=mask,
+                        cur=state.cur + 1, start=state.start, elapsed=state.elapsed)
+        done = done | any_done(knobs.stopping, after)
     new_scores = state.scores
     if output_scores:
         new_scores = jax.lax.dynamic_update_slice(
             state.scores, scores[:, None, :].astype(state.scores.dtype),
             (0, state.new_tokens, 0))
     return state.replace(
-        sequences=jax.lax.dynamic_update_slice(state.sequences, tokens[:, None], (0, state.cur)),
-        attention_mask=jax.lax.dynamic_update_slice(
-            state.attention_mask, jnp.ones((b, 1), jnp.int32), (0, state.cur)),
+        sequences=sequences,
+        attention_mask=mask,
         position=state.position + 1,
         cur=state.cur + 1,
         done=done,

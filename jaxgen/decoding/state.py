@@ -21,6 +21,7 @@ class Knobs:
     pad: int32 scalar written by finished rows.
     length_penalty: float32 scalar (beam search).
     diversity_penalty: float32 scalar (group beam search).
+    stopping: in-loop stopping criteria (``jaxgen.stopping``), OR-ed after every token.
     """
 
     processors: Chain
@@ -29,6 +30,7 @@ class Knobs:
     pad: Int[Array, ""]
     length_penalty: Float[Array, ""]
     diversity_penalty: Float[Array, ""]
+    stopping: tuple[Any, ...] = ()
 
 
 @struct.dataclass
