@@ -1,5 +1,6 @@
 """Logits processors: pure, composable, jit-friendly pytrees (see ``base``)."""
 
+from jaxgen.processors import zoo
 from jaxgen.processors.base import (
     Chain,
     Context,
@@ -53,5 +54,5 @@ __all__ = [
     "PrefixConstrained", "PresenceFrequencyPenalty", "RepetitionPenalty", "SequenceBias",
     "SuppressTokens", "SuppressTokensAtBegin", "Temperature", "TokenCounts", "TopK", "TopP",
     "init_counts", "update_counts", "Epsilon", "Eta", "TopH", "Typical", "Watermark",
-    "WatermarkDetectorOutput", "detect_watermark", "green_tokens", "watermark_score",
+    "WatermarkDetectorOutput", "detect_watermark", "green_tokens", "watermark_score", "zoo",
 ]
