@@ -628,7 +628,8 @@ SUPPORTED: frozenset[str] = frozenset({
     "exponential_decay_length_penalty", "suppress_tokens", "begin_suppress_tokens",
     "sequence_bias", "guidance_scale", "presence_penalty", "frequency_penalty", "logit_bias",
     "typical_p", "epsilon_cutoff", "eta_cutoff", "top_h", "watermarking_config",
-    "max_time", "stop_strings",
+    "max_time", "stop_strings", "prompt_lookup_num_tokens", "max_matching_ngram_size",
+    "num_assistant_tokens", "num_assistant_tokens_schedule",
 })  # fmt: skip
 
 #: Every other field: (values that leave outputs unchanged, what the field enables).
@@ -649,11 +650,7 @@ NEUTRAL: dict[str, tuple[tuple[Any, ...], str]] = {
     "output_logits": ((False,), "returning raw logits"),
     "decoder_start_token_id": ((None,), "encoder-decoder models"),
     "is_assistant": ((False,), "assisted generation"),
-    "num_assistant_tokens": ((20,), "assisted generation"),
-    "num_assistant_tokens_schedule": (("constant",), "assisted generation"),
     "assistant_confidence_threshold": ((0.4,), "assisted generation"),
-    "prompt_lookup_num_tokens": ((None,), "prompt lookup decoding"),
-    "max_matching_ngram_size": ((2,), "prompt lookup decoding"),
     "assistant_early_exit": ((None,), "early-exit assisted generation"),
     "assistant_lookbehind": ((10,), "universal assisted generation"),
     "target_lookbehind": ((10,), "universal assisted generation"),

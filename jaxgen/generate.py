@@ -22,6 +22,7 @@ from jaxgen.config import GenerationConfig
 from jaxgen.decoding import DecodeSpec, DecodeState, Knobs, prefill, run_steps
 from jaxgen.decoding.beam import BeamState
 from jaxgen.decoding.diverse import GroupBeamState, finalize_groups
+from jaxgen.decoding.speculative import SpecSpec, SpecState, spec_prefill, spec_run
 from jaxgen.processors.base import processors_of
 
 MIN_PROMPT_BUCKET = 16
@@ -41,6 +42,7 @@ class GenerateOutput:
     scores: tuple[np.ndarray, ...] | None = None
     sequences_scores: np.ndarray | None = None
     beam_indices: np.ndarray | None = None
+    speculative: dict[str, Any] | None = None   # statistics of speculative decoding
 
     def __getitem__(self, key: str) -> Any:
         return getattr(self, key)
@@ -151,6 +153,8 @@ class Prepared:
     max_time: float | None = None   # host-side time limit (seconds)
     chunk: int = 8                  # tokens per run_steps call when driven in chunks
     uses_clock: bool = False        # a processor reads ctx.elapsed: drive in chunks
+    speculative: Any = None         # SpecSpec for assisted / prompt lookup decoding
+    draft_params: Any = None
 
 
 def prepare(model: Any, input_ids: Any, attention_mask: Any = None, *,
@@ -159,7 +163,8 @@ def prepare(model: Any, input_ids: Any, attention_mask: Any = None, *,
             strict: bool = True, params: Any = None,
             prefix_allowed_tokens_fn: Callable[..., Any] | None = None,
             negative_prompt_ids: Any = None, negative_prompt_attention_mask: Any = None,
-            tokenizer: Any = None, **kwargs: Any) -> Prepared:
+            tokenizer: Any = None, assistant_model: Any = None,
+            **kwargs: Any) -> Prepared:
     """Validate everything and build the arrays for ``prefill`` (no compilation).
 
     strict: settings without effect (e.g. ``temperature`` with greedy decoding) raise;
@@ -183,6 +188,8 @@ def prepare(model: Any, input_ids: Any, attention_mask: Any = None, *,
         raise ValueError("stopping_criteria / stop_strings are not supported with "
                          "num_beam_groups > 1 (diverse beam search); allowed: None")
     user = processors_of(logits_processor)
+    draft_model, draft_params = _assistant(assistant_model, model)
+    speculative = draft_model is not None or cfg.prompt_lookup_num_tokens is not None
     eos = list(cfg.eos_token_ids())
     ids = _as_2d_ids(input_ids, model.vocab_size)
     mask = _as_mask(attention_mask, ids, cfg, eos)
@@ -201,18 +208,29 @@ def prepare(model: Any, input_ids: Any, attention_mask: Any = None, *,
                         negative_prompt_ids=negative_prompt_ids,
                         negative_prompt_attention_mask=negative_prompt_attention_mask)
     knobs = knobs.replace(stopping=crit.in_loop)
+    k_spec = 0
+    if speculative:
+        k_spec = _check_speculative(cfg, knobs, crit, draft_model)
+        # worst case: every iteration writes K + 1 slots for one token of some row
+        max_slots = max_new + k_spec + 1 if ids.shape[0] == 1 else max_new * (k_spec + 1) + 1
     p = bucket(width, MIN_PROMPT_BUCKET)
     extra = p - width
     ids = np.concatenate([np.full((ids.shape[0], extra), knobs.pad, np.int32), ids], 1)
     mask = np.concatenate([np.zeros((mask.shape[0], extra), np.int32), mask], 1)
     spec = DecodeSpec(model=model, do_sample=bool(cfg.do_sample),
                       output_scores=bool(cfg.output_scores),
-                      new_bucket=bucket(max_new, MIN_NEW_BUCKET), num_beams=beams,
+                      new_bucket=bucket(max_slots if speculative else max_new,
+                                        MIN_NEW_BUCKET), num_beams=beams,
                       early_stopping=cfg.early_stopping if beams > 1 else False,
                       n_keep=max(2, 1 + len(eos)) * beams if beams > 1 else 0,
                       num_beam_groups=cfg.num_beam_groups if beams > 1 else 1,
                       n_eos=len(eos) if beams > 1 else 0)  # shapes only for beams
+    sspec = None
+    if speculative:
+        sspec = SpecSpec(base=spec, draft=draft_model, k=k_spec,
+                         ngram=int(cfg.max_matching_ngram_size or 2))
     return Prepared(spec=spec, input_ids=ids, attention_mask=mask, knobs=knobs,
+                    speculative=sspec, draft_params=draft_params,
                     rng=_as_key(rng), start=np.asarray(extra, np.int32),
                     max_len=np.asarray(p + max_new, np.int32), max_new_tokens=max_new,
                     config=cfg, max_time=crit.max_time, chunk=crit.chunk,
@@ -221,11 +239,55 @@ def prepare(model: Any, input_ids: Any, attention_mask: Any = None, *,
                                              *knobs.warpers.processors)))
 
 
-def start(prep: Prepared, params: Any) -> DecodeState:
+def _assistant(assistant_model: Any, model: Any) -> tuple[Any, Any]:
+    """(draft model, draft params) from an ``LM``, a ``(model, params)`` pair or None."""
+    if assistant_model is None:
+        return None, None
+    if hasattr(assistant_model, "model") and hasattr(assistant_model, "params"):
+        draft, params = assistant_model.model, assistant_model.params
+    elif isinstance(assistant_model, (tuple, list)) and len(assistant_model) == 2:
+        draft, params = assistant_model
+    else:
+        raise TypeError("assistant_model must be a jaxgen LM (jaxgen.load(...)) or a "
+                        f"(model, params) pair, got {type(assistant_model).__name__}")
+    if draft.vocab_size != model.vocab_size:
+        raise ValueError(f"assistant_model has a vocabulary of {draft.vocab_size} tokens, the "
+                         f"model {model.vocab_size}; they must share the tokenizer")
+    return draft, params
+
+
+def _check_speculative(cfg: GenerationConfig, knobs: Knobs, crit: Any, draft: Any) -> int:
+    """Speculative decoding's limits, checked before compiling; returns K."""
+    what = "assistant_model" if draft is not None else "prompt_lookup_num_tokens"
+    if cfg.num_beams > 1:
+        raise ValueError(f"{what} works with greedy decoding and sampling; allowed: "
+                         f"num_beams=1 (got {cfg.num_beams})")
+    if knobs.processors.processors:
+        names = ", ".join(type(p).__name__ for p in knobs.processors.processors)
+        raise ValueError(f"{what} supports the sampling warpers (temperature, top_k, top_p, "
+                         f"...) but not these logits processors yet: {names}; allowed: none")
+    if crit.max_time is not None:
+        raise ValueError(f"{what} does not support max_time yet; allowed: None")
+    if draft is not None and cfg.prompt_lookup_num_tokens is not None:
+        raise ValueError("give either assistant_model or prompt_lookup_num_tokens, not both")
+    if cfg.num_assistant_tokens_schedule != "constant":
+        raise ValueError("num_assistant_tokens_schedule: only 'constant' is supported; "
+                         "allowed: 'constant'")
+    k = cfg.num_assistant_tokens if draft is not None else cfg.prompt_lookup_num_tokens
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        field = "num_assistant_tokens" if draft is not None else "prompt_lookup_num_tokens"
+        raise ValueError(f"GenerationConfig.{field} must be an int >= 1, got {k!r}")
+    return k
+
+
+def start(prep: Prepared, params: Any) -> Any:
     """Prefill and choose the first token (prompt rows split over the params' mesh, if any)."""
     from jaxgen.sharding import place_prompt
 
     ids, mask = place_prompt(prep, params)
+    if prep.speculative is not None:
+        return spec_prefill(prep.speculative, params, prep.draft_params, ids, mask,
+                            prep.knobs, prep.rng, prep.start, prep.max_len)
     return prefill(prep.spec, params, ids, mask, prep.knobs, prep.rng, prep.start,
                    prep.max_len)
 
@@ -256,6 +318,11 @@ def run_to_end(prep: Prepared, params: Any, state: Any, t0: float,
                streamer: Any = None) -> Any:
     """Finish the loop: one ``run_steps`` call, or chunks when a time limit, a clock-reading
     processor or a streamer needs the host between steps."""
+    if prep.speculative is not None:
+        if streamer is not None:
+            raise ValueError("streamer= is not supported with speculative decoding yet")
+        return spec_run(prep.speculative, params, state,
+                        np.asarray(prep.max_new_tokens, np.int32))
     if prep.max_time is None and not prep.uses_clock and streamer is None:
         # prefill chose the first token; the loop writes the remaining max_new_tokens - 1
         return run_steps(prep.spec, params, state,
@@ -282,6 +349,8 @@ def finish(prep: Prepared,
         return _finish_beams(prep, state)
     if isinstance(state, GroupBeamState):
         return _finish_groups(prep, state)
+    if isinstance(state, SpecState):
+        return _finish_speculative(prep, state)
     cur = int(state.cur)
     # slice on the host: a device slice of a data-dependent width would compile per width
     seqs = np.asarray(state.sequences)[:, int(prep.start):cur]
@@ -313,6 +382,27 @@ def _finish_beams(prep: Prepared, state: BeamState) -> GenerateOutput | np.ndarr
         scores = tuple(all_scores[:, i] for i in range(int(state.cur) - state.prompt_end))
     return GenerateOutput(sequences=seqs, scores=scores, sequences_scores=seq_scores,
                           beam_indices=beams[:, :n_new])
+
+
+def _finish_speculative(prep: Prepared, state: SpecState) -> GenerateOutput | np.ndarray:
+    """Drop the holes: each row's prompt, then its generated tokens, padded at the end."""
+    seqs = np.asarray(state.sequences)
+    mask = np.asarray(state.attention_mask)
+    start, p, cur = int(prep.start), state.prompt_end, int(state.cur)
+    rows = [seqs[r, p:cur][mask[r, p:cur] > 0] for r in range(seqs.shape[0])]
+    width = max(len(r) for r in rows)
+    out = np.full((seqs.shape[0], p - start + width), int(prep.knobs.pad), np.int32)
+    out[:, :p - start] = seqs[:, start:p]
+    for r, toks in enumerate(rows):
+        out[r, p - start:p - start + len(toks)] = toks
+    if not prep.config.return_dict_in_generate:
+        return out
+    passes = int(state.passes)
+    accepted = np.asarray(state.accepted)
+    return GenerateOutput(sequences=out, speculative={
+        "target_passes": passes, "accepted_draft_tokens": accepted,
+        "mean_tokens_per_pass": float((accepted.sum() + passes * len(rows)) /
+                                      max(1, passes * len(rows)))})
 
 
 def _finish_groups(prep: Prepared, state: GroupBeamState) -> GenerateOutput | np.ndarray:
@@ -364,7 +454,7 @@ def generate(model: Any, params: Any, input_ids: Any, attention_mask: Any = None
              stopping_criteria: Sequence[Any] | None = None, rng: Any = None,
              strict: bool = True, prefix_allowed_tokens_fn: Callable[..., Any] | None = None,
              negative_prompt_ids: Any = None, negative_prompt_attention_mask: Any = None,
-             tokenizer: Any = None, streamer: Any = None,
+             tokenizer: Any = None, streamer: Any = None, assistant_model: Any = None,
              **kwargs: Any) -> GenerateOutput | np.ndarray:
     """Generate like transformers' ``model.generate``.
 
@@ -377,6 +467,9 @@ def generate(model: Any, params: Any, input_ids: Any, attention_mask: Any = None
         classifier-free guidance (``guidance_scale``).
     stopping_criteria: ``jaxgen.stopping`` criteria, merged like transformers.
     tokenizer: needed for ``stop_strings``.
+    assistant_model: a draft ``LM`` (or ``(model, params)``) sharing the tokenizer:
+        speculative decoding (``num_assistant_tokens`` per step); ``prompt_lookup_num_tokens``
+        does the same with candidates copied from the prompt.
     streamer: an object with ``put(ids)`` / ``end()`` (transformers' streamer protocol):
         it gets the prompt ids, then the new tokens ``[rows, n]`` after every chunk.
     Returns numpy int32 sequences [batch * num_return_sequences, length + new], or a
@@ -392,7 +485,7 @@ def generate(model: Any, params: Any, input_ids: Any, attention_mask: Any = None
                    prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
                    negative_prompt_ids=negative_prompt_ids,
                    negative_prompt_attention_mask=negative_prompt_attention_mask,
-                   tokenizer=tokenizer, **kwargs)
+                   tokenizer=tokenizer, assistant_model=assistant_model, **kwargs)
     if streamer is not None and prep.spec.num_beams > 1:
         raise ValueError("streamer= works with greedy decoding and sampling, not with "
                          "num_beams > 1 (as in transformers)")
