@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from flax import struct
 from jaxtyping import Array, Bool, Float, Int
 
-from jaxgen.decoding.state import Knobs
+from jaxgen.decoding.state import Knobs, LoopState
 from jaxgen.processors.base import Context, id_mask
 from jaxgen.stopping import any_done
 
@@ -33,7 +33,7 @@ DEAD = -1.0e9  # transformers' score for dead / unusable beams
 
 
 @struct.dataclass
-class BeamState:
+class BeamState(LoopState):
     """Fixed-shape state of beam search (``B`` batch rows, ``K`` beams, ``N`` new slots)."""
 
     sequences: Int[Array, "rows buffer"]        # running beams, rows = B*K (model batch)
@@ -57,14 +57,6 @@ class BeamState:
     improvable: Bool[Array, " B"]               # early-stop heuristic still unsatisfied
     stop: Bool[Array, ""]                       # transformers' loop condition failed
     prompt_end: int = struct.field(pytree_node=False)
-
-    @property
-    def new_tokens(self) -> Int[Array, ""]:
-        return self.cur - self.prompt_end
-
-    def context(self) -> Context:
-        return Context(sequences=self.sequences, attention_mask=self.attention_mask,
-                       cur=self.cur, start=self.start, elapsed=self.elapsed)
 
     def running(self) -> Bool[Array, ""]:
         return (self.cur < self.max_len) & ~self.stop

@@ -21,14 +21,14 @@ from flax import struct
 from jaxtyping import Array, Bool, Float, Int
 
 from jaxgen.decoding.beam import DEAD, reorder_cache
-from jaxgen.decoding.state import Knobs
-from jaxgen.processors.base import Context, id_mask
+from jaxgen.decoding.state import Knobs, LoopState
+from jaxgen.processors.base import id_mask
 
 EMPTY = -jnp.inf
 
 
 @struct.dataclass
-class GroupBeamState:
+class GroupBeamState(LoopState):
     """Fixed-shape state of group beam search (``B`` rows, ``G`` groups of ``S`` beams)."""
 
     sequences: Int[Array, "rows buffer"]        # running beams, rows = B*K
@@ -51,14 +51,6 @@ class GroupBeamState:
     done: Bool[Array, "B G"]
     added: Int[Array, ""]                        # insertion counter
     prompt_end: int = struct.field(pytree_node=False)
-
-    @property
-    def new_tokens(self) -> Int[Array, ""]:
-        return self.cur - self.prompt_end
-
-    def context(self) -> Context:
-        return Context(sequences=self.sequences, attention_mask=self.attention_mask,
-                       cur=self.cur, start=self.start, elapsed=self.elapsed)
 
     def running(self) -> Bool[Array, ""]:
         return (self.cur < self.max_len) & ~jnp.all(self.done)

@@ -33,8 +33,29 @@ class Knobs:
     stopping: tuple[Any, ...] = ()
 
 
+class LoopState:
+    """What every decode state shares: the token buffer, its mask and the write slot."""
+
+    sequences: Any
+    attention_mask: Any
+    cur: Any
+    start: Any
+    elapsed: Any
+    prompt_end: int
+
+    @property
+    def new_tokens(self) -> Int[Array, ""]:
+        """Number of tokens generated so far (slots since the prompt bucket)."""
+        return self.cur - self.prompt_end
+
+    def context(self) -> Context:
+        """The processors' view of the buffer at the slot being chosen."""
+        return Context(sequences=self.sequences, attention_mask=self.attention_mask,
+                       cur=self.cur, start=self.start, elapsed=self.elapsed)
+
+
 @struct.dataclass
-class DecodeState:
+class DecodeState(LoopState):
     """Fixed-shape state of greedy / sampling decoding.
 
     Buffer layout, one row (``P`` = prompt bucket, ``start`` = bucket padding)::
@@ -57,15 +78,6 @@ class DecodeState:
     proc_state: Any                             # (processors state, warpers state)
     scores: Float[Array, "batch new vocab"] | None  # processed scores when output_scores
     prompt_end: int = struct.field(pytree_node=False)  # P: slot of the first new token
-
-    @property
-    def new_tokens(self) -> Int[Array, ""]:
-        """Number of tokens generated so far."""
-        return self.cur - self.prompt_end
-
-    def context(self) -> Context:
-        return Context(sequences=self.sequences, attention_mask=self.attention_mask,
-                       cur=self.cur, start=self.start, elapsed=self.elapsed)
 
     def running(self) -> Bool[Array, ""]:
         """True while a token can still be written and some row is unfinished."""

@@ -96,3 +96,50 @@ def _logits_fn(model: CausalLM, params: Any, input_ids: jax.Array, attention_mas
 
 
 _logits_jit = jax.jit(_logits_fn, static_argnums=0)
+
+
+class FlaxCausalLM:
+    """Shared half of our Flax models' ``CausalLM`` wrappers (Llama, GPT-2).
+
+    Subclasses are frozen dataclasses with ``config`` and ``dtype`` fields and define
+    ``module`` (the linen network: ``(tokens, positions, k, v, index, mask) -> (logits,
+    k, v)``) and ``init_cache``. ``dtype`` is the parameter, activation and cache dtype;
+    logits are always float32.
+    """
+
+    config: Any
+    dtype: Any
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    def apply(self, params: Any, tokens: Int[Array, "batch t"],
+              positions: Int[Array, "batch t"], cache: KVCache,
+              mask: Int[Array, "batch length"]) -> tuple[Float[Array, "batch t vocab"], KVCache]:
+        """Float32 logits for ``tokens`` and the cache with their k/v written at
+        ``cache.index`` (semantics in the module docstring)."""
+        tokens = jnp.asarray(tokens, jnp.int32)
+        out, k, v = self.module.apply({"params": params}, tokens,
+                                      jnp.asarray(positions, jnp.int32), cache.k, cache.v,
+                                      cache.index, jnp.asarray(mask, jnp.int32))
+        return out, KVCache(k=k, v=v, index=cache.index + tokens.shape[1])
+
+    def init_params(self, rng: jax.Array) -> dict[str, Any]:
+        """Random parameters (normal(0.02) weights, unit norms, zero biases), jitted."""
+        return _init_params(self, rng)
+
+
+def init_params_for(model: Any, rng: jax.Array) -> dict[str, Any]:
+    """Initialise ``model.module`` on a 1-token dummy input."""
+    cache = model.init_cache(1, 1)
+    ones = jnp.zeros((1, 1), jnp.int32)
+    variables = model.module.init(rng, ones, ones, cache.k, cache.v, cache.index,
+                                  jnp.ones((1, 1), jnp.int32))
+    return variables["params"]
+
+
+_init_params = jax.jit(init_params_for, static_argnums=0)

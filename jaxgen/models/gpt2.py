@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from jaxgen.models.base import KVCache
-from jaxgen.models.llama import attention_visibility, cached_attention, init_params_for
+from jaxgen.models.base import FlaxCausalLM, KVCache
+from jaxgen.models.llama import attention_visibility, cached_attention
 
 _INIT_STD = 0.02
 _ACTIVATIONS = {
@@ -188,19 +188,12 @@ def _layer_norm(c: GPT2Config, dtype: Any, name: str) -> nn.LayerNorm:
 
 
 @dataclasses.dataclass(frozen=True)
-class GPT2:
+class GPT2(FlaxCausalLM):
     """GPT-2 `CausalLM`. ``dtype`` is the parameter, activation and cache dtype; logits
     are always float32. Hashable, so it can be a jit static argument."""
 
     config: GPT2Config
     dtype: Any = jnp.float32
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
-
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
 
     @property
     def module(self) -> GPT2Net:
@@ -210,21 +203,3 @@ class GPT2:
         """Zero cache ``[layers, batch, heads, length, head_dim]`` in ``dtype``, index 0."""
         c = self.config
         return KVCache.zeros(c.n_layer, batch, c.n_head, length, c.head_dim, self.dtype)
-
-    def apply(self, params: Any, tokens: Int[Array, "batch t"], positions: Int[Array, "batch t"],
-              cache: KVCache, mask: Int[Array, "batch length"]
-              ) -> tuple[Float[Array, "batch t vocab"], KVCache]:
-        """Float32 logits for ``tokens`` and the cache with their k/v written at
-        ``cache.index`` (semantics in `jaxgen.models.base`)."""
-        tokens = jnp.asarray(tokens, jnp.int32)
-        out, k, v = self.module.apply({"params": params}, tokens,
-                                      jnp.asarray(positions, jnp.int32), cache.k, cache.v,
-                                      cache.index, jnp.asarray(mask, jnp.int32))
-        return out, KVCache(k=k, v=v, index=cache.index + tokens.shape[1])
-
-    def init_params(self, rng: jax.Array) -> dict[str, Any]:
-        """Random parameters (normal(0.02) weights, unit LayerNorms, zero biases), jitted."""
-        return _init_params(self, rng)
-
-
-_init_params = jax.jit(init_params_for, static_argnums=0)

@@ -35,7 +35,7 @@ import jax.numpy as jnp
 from jax import lax
 from jaxtyping import Array, Bool, Float, Int
 
-from jaxgen.models.base import MASK_VALUE, KVCache, positions_from_mask
+from jaxgen.models.base import MASK_VALUE, FlaxCausalLM, KVCache, positions_from_mask
 
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
                   "qwen2": "Qwen2ForCausalLM"}
@@ -387,19 +387,12 @@ class LlamaNet(nn.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class Llama:
+class Llama(FlaxCausalLM):
     """Llama-family `CausalLM`. ``dtype`` is the parameter, activation and cache dtype;
     logits are always float32. Hashable, so it can be a jit static argument."""
 
     config: LlamaConfig
     dtype: Any = jnp.float32
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "dtype", jnp.dtype(self.dtype))
-
-    @property
-    def vocab_size(self) -> int:
-        return self.config.vocab_size
 
     @property
     def module(self) -> LlamaNet:
@@ -410,30 +403,3 @@ class Llama:
         c = self.config
         return KVCache.zeros(c.num_hidden_layers, batch, c.num_key_value_heads, length,
                              c.head_dim, self.dtype)
-
-    def apply(self, params: Any, tokens: Int[Array, "batch t"], positions: Int[Array, "batch t"],
-              cache: KVCache, mask: Int[Array, "batch length"]
-              ) -> tuple[Float[Array, "batch t vocab"], KVCache]:
-        """Float32 logits for ``tokens`` and the cache with their k/v written at
-        ``cache.index`` (semantics in `jaxgen.models.base`)."""
-        tokens = jnp.asarray(tokens, jnp.int32)
-        out, k, v = self.module.apply({"params": params}, tokens,
-                                      jnp.asarray(positions, jnp.int32), cache.k, cache.v,
-                                      cache.index, jnp.asarray(mask, jnp.int32))
-        return out, KVCache(k=k, v=v, index=cache.index + tokens.shape[1])
-
-    def init_params(self, rng: jax.Array) -> dict[str, Any]:
-        """Random parameters (normal(0.02) weights, unit norms, zero biases), jitted."""
-        return _init_params(self, rng)
-
-
-def init_params_for(model: Any, rng: jax.Array) -> dict[str, Any]:
-    """Initialise ``model.module`` (a Llama or GPT-2 wrapper) on a 1-token dummy input."""
-    cache = model.init_cache(1, 1)
-    ones = jnp.zeros((1, 1), jnp.int32)
-    variables = model.module.init(rng, ones, ones, cache.k, cache.v, cache.index,
-                                  jnp.ones((1, 1), jnp.int32))
-    return variables["params"]
-
-
-_init_params = jax.jit(init_params_for, static_argnums=0)
