@@ -4,6 +4,9 @@
         [--do-sample] [--temperature T] [--top-p P] [--top-k K]
         [--num-return-sequences R] [--seed S] [--stream] [--json]
     jaxgen make-tiny DIR      # a tiny random Llama checkpoint + tokenizer, for smoke tests
+    jaxgen train --data FILE --out DIR [--steps N] [--batch-size B] [--seq-len T] [--lr LR]
+        [--d-model D] [--layers L] [--heads H] [--kv-heads K] [--vocab-size V] [--seed S]
+        [--eval-every N] [--dtype bfloat16] ...   # see `jaxgen train --help`
 """
 
 from __future__ import annotations
@@ -50,6 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("make-tiny", help="write a tiny random Llama checkpoint + tokenizer")
     t.add_argument("out")
     t.add_argument("--seed", type=int, default=0)
+    from jaxgen.train import add_arguments
+
+    tr = sub.add_parser("train", help="train a tokenizer + small Llama on a text file "
+                        "(the last 10%% of the characters held out)")
+    add_arguments(tr)
     return ap
 
 
@@ -79,7 +87,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     enable_compilation_cache()
     import jax
 
-    from jaxgen.stream import stream_tokens
+    from jaxgen.stream import stream
 
     lm = _load(args.model)
     inputs = lm.tokenizer([args.prompt])
@@ -88,7 +96,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     try:
         if args.stream and not args.json:
-            for piece in stream_tokens(lm, inputs, rng=rng, **kw):
+            for piece in stream(lm, inputs, rng=rng, **kw):
                 print(piece, end="", flush=True)
             print()
             return 0
@@ -114,10 +122,19 @@ def cmd_make_tiny(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from jaxgen.train import main_args
+
+    main_args(args)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "generate":
         return cmd_generate(args)
+    if args.command == "train":
+        return cmd_train(args)
     return cmd_make_tiny(args)
 
 
