@@ -4,13 +4,13 @@ from jaxgen import models, processors, stopping
 from jaxgen.config import GenerationConfig
 from jaxgen.decoding import DecodeSpec, DecodeState, prefill, run_steps
 from jaxgen.generate import GenerateOutput, compute_transition_scores, generate
-from jaxgen.lm import LM, load
+from jaxgen.lm import LM, load, load_draft
 from jaxgen.stream import TextStreamer, stream
 
 __version__ = "0.1.0"
 
 __all__ = [
     "LM", "DecodeSpec", "DecodeState", "GenerateOutput", "GenerationConfig",
-    "compute_transition_scores", "generate", "load", "models", "prefill", "processors",
-    "run_steps", "stopping", "stream", "TextStreamer",
+    "compute_transition_scores", "generate", "load", "load_draft", "models", "prefill",
+    "processors", "run_steps", "stopping", "stream", "TextStreamer",
 ]

@@ -15,6 +15,7 @@ from jaxgen.config import GenerationConfig
 from jaxgen.generate import GenerateOutput, generate
 
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default"
+DRAFT_MODEL_DIR = Path(__file__).parent / "assets" / "draft"
 
 
 @dataclasses.dataclass
@@ -110,3 +111,18 @@ def load(path: str | Path | None = None, dtype: Any = None, mesh: Any = None) ->
     if gen.pad_token_id is None and tokenizer is not None and tokenizer.pad_token_id is not None:
         gen = gen.replace(pad_token_id=tokenizer.pad_token_id)
     return LM(model=model, params=params, tokenizer=tokenizer, generation_config=gen, path=path)
+
+
+def load_draft(dtype: Any = None) -> LM:
+    """The bundled draft model of the bundled default model (same tokenizer, 2 layers), to
+    pass as ``assistant_model`` for speculative decoding::
+
+        lm, draft = jaxgen.load(), jaxgen.load_draft()
+        lm.generate(**lm.tokenizer(["ROMEO:\\n"]), do_sample=False, max_new_tokens=50,
+                    assistant_model=draft, num_assistant_tokens=3)
+
+    dtype: as in `load` (None: float32).
+    """
+    if not (DRAFT_MODEL_DIR / "config.json").exists():
+        raise FileNotFoundError(f"no bundled draft model in {DRAFT_MODEL_DIR}")
+    return load(DRAFT_MODEL_DIR, dtype=dtype)

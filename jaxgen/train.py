@@ -7,7 +7,9 @@ What it does, in order:
 1. splits the text by characters: the first ``1 - holdout`` for training, the rest held
    out (never trained on, also not by the tokenizer);
 2. trains a byte-level BPE tokenizer on the training part (``<|endoftext|>`` is id 0 and
-   the bos/eos/pad token; digits are always split into single-digit tokens);
+   the bos/eos/pad token; digits are always split into single-digit tokens), or, with
+   ``--tokenizer DIR``, reuses ``DIR/tokenizer.json`` (e.g. to train a draft model for a
+   model that shares its vocabulary; ``--vocab-size`` is then ignored);
 3. trains a Llama (tied embeddings) with AdamW, linear warmup + cosine decay and
    global-norm clipping on random contiguous windows of the training tokens; the forward
    pass is `Llama.apply` itself (a cache as long as the window);
@@ -98,6 +100,7 @@ class TrainConfig:
     eval_batch_size: int = 16
     vocab_size: int = 2048
     holdout: float = 0.1  # the last fraction of the characters is held out
+    tokenizer: str | None = None  # reuse DIR/tokenizer.json instead of training one
     seed: int = 0
     dtype: str = "float32"  # dtype of the saved weights (training is always float32)
     log_every: int = 10
@@ -152,6 +155,20 @@ def save_tokenizer(tok: Any, out: str | os.PathLike, model_max_length: int) -> N
               "add_eos_token": False, "clean_up_tokenization_spaces": False,
               "model_max_length": model_max_length}
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def load_tokenizer(directory: str | os.PathLike) -> Any:
+    """The `tokenizers.Tokenizer` of ``directory/tokenizer.json``; it must contain
+    ``<|endoftext|>`` (the document start and eos token)."""
+    from tokenizers import Tokenizer
+
+    path = Path(directory) / "tokenizer.json"
+    if not path.is_file():
+        raise ValueError(f"--tokenizer {directory}: no tokenizer.json there")
+    tok = Tokenizer.from_file(str(path))
+    if tok.token_to_id(EOS) is None:
+        raise ValueError(f"--tokenizer {directory}: the tokenizer has no {EOS} token")
+    return tok
 
 
 def encode(tok: Any, text: str) -> np.ndarray:
@@ -337,6 +354,10 @@ def save_model(out: Path, model: Llama, params: Any, tok: Any, cfg: TrainConfig)
     save_checkpoint(saved, jax.tree.map(lambda x: x.astype(dtype), params), tmp,
                     generation_config=gen)
     save_tokenizer(tok, tmp, cfg.seq_len)
+    if cfg.tokenizer is not None:  # the reused files, byte for byte
+        for name in ("tokenizer.json", "tokenizer_config.json"):
+            if (Path(cfg.tokenizer) / name).is_file():
+                shutil.copyfile(Path(cfg.tokenizer) / name, tmp / name)
     out.mkdir(parents=True, exist_ok=True)
     umask = os.umask(0)
     os.umask(umask)
@@ -355,7 +376,8 @@ def train(text: str, out: str | os.PathLike, cfg: TrainConfig = TrainConfig(),
     t_start = time.perf_counter()
     out = Path(out)
     train_text, heldout_text = split_text(text, cfg.holdout)
-    tok = train_tokenizer(train_text, cfg.vocab_size)
+    tok = (load_tokenizer(cfg.tokenizer) if cfg.tokenizer is not None
+           else train_tokenizer(train_text, cfg.vocab_size))
     train_ids, heldout_ids = encode(tok, train_text), encode(tok, heldout_text)
     if len(train_ids) <= cfg.seq_len + 1:
         raise ValueError(f"the training text has {len(train_ids)} tokens, fewer than "
@@ -487,6 +509,6 @@ def add_arguments(p: Any, defaults: Sequence[Any] = (TrainConfig(), ModelSize())
             default = getattr(obj, f.name)
             kind = {"lr": float, "min_lr_ratio": float, "weight_decay": float, "beta1": float,
                     "beta2": float, "clip_norm": float, "holdout": float, "rope_theta": float,
-                    "dtype": str}.get(f.name, int)
+                    "dtype": str, "tokenizer": str}.get(f.name, int)
             p.add_argument("--" + f.name.replace("_", "-"), type=kind, default=None,
                            help=f"default: {default}")

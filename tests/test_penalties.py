@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from transformers.generation import logits_process as hf
 
@@ -474,6 +474,9 @@ def _problem(draw):
 
 @settings(max_examples=60, deadline=None)
 @given(problem=_problem())
+@example(
+    problem=(1, 2, 1, 0, 1, 0, "enc_ngram", 0.0, 3, [[0]]),
+)  # buffer shorter than the n-gram prefix
 def test_properties(problem):
     """Shape/dtype kept; -inf never resurrected; jitted == unjitted == row by row."""
     b, v, length, start, prompt, seed, kind, x, n, words = problem

@@ -265,8 +265,13 @@ def _windows(seq: Int[Array, "batch length"], n: int) -> Int[Array, "batch windo
 
 
 def _tail(ctx: Context, n: int) -> Int[Array, "batch n"]:
-    """The tokens of slots ``cur - n .. cur - 1`` (clamped at slot 0)."""
-    return jax.lax.dynamic_slice_in_dim(ctx.sequences, jnp.maximum(ctx.cur - n, 0), n, axis=1)
+    """The tokens of slots ``cur - n .. cur - 1`` (clamped at slot 0; a buffer shorter than
+    ``n`` is padded on the left with -1, which matches no token)."""
+    seq, cur = ctx.sequences, ctx.cur
+    if seq.shape[1] < n:
+        extra = n - seq.shape[1]
+        seq, cur = jnp.pad(seq, ((0, 0), (extra, 0)), constant_values=-1), cur + extra
+    return jax.lax.dynamic_slice_in_dim(seq, jnp.maximum(cur - n, 0), n, axis=1)
 
 
 def _ban(logits: Array, hit: Bool[Array, "batch windows"],

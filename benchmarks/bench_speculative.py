@@ -1,0 +1,89 @@
+"""Speculative decoding against plain greedy decoding, same model, same run.
+
+Two setups, batch 1 and 4, 128 new tokens, eos disabled, greedy (outputs must be equal):
+
+- prompt lookup (``prompt_lookup_num_tokens``) on the GPT-2-shaped benchmark checkpoint
+  (``bench_generate.py``'s, 23.6M parameters, float32) with a repetitive prompt: a random
+  16-token passage repeated 4 times;
+- the shipped draft model (``jaxgen.load_draft()``, ``num_assistant_tokens``) for the
+  bundled default model, prompts from the held-out Shakespeare text.
+
+Reports tokens/s (median of interleaved repeats), the ratio to plain greedy and the mean
+number of tokens written per target forward pass.
+
+    python benchmarks/bench_speculative.py [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+import jaxgen
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE.parent.parent / "shared" / "data" / "tinyshakespeare.txt"
+NEW = 128
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def run(name, lm, inputs, extra, repeats):
+    kw = dict(**inputs, max_new_tokens=NEW, do_sample=False, eos_token_id=None)
+    plain = lm.generate(**kw)
+    spec = lm.generate(**kw, **extra, return_dict_in_generate=True)
+    equal = int((plain == spec.sequences).all(axis=1).sum())
+    times = {"plain": [], "spec": []}
+    for _ in range(repeats):
+        times["plain"].append(_timed(lambda: lm.generate(**kw))[0])
+        times["spec"].append(_timed(lambda: lm.generate(**kw, **extra))[0])
+    rows = plain.shape[0]
+    tok = {k: rows * NEW / statistics.median(v) for k, v in times.items()}
+    return (f"| {name} | {rows} | {tok['plain']:.0f} | {tok['spec']:.0f} | "
+            f"{tok['spec'] / tok['plain']:.2f}x | "
+            f"{spec.speculative['mean_tokens_per_pass']:.2f} | {equal}/{rows} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    from bench_generate import CKPT, make_checkpoint
+
+    make_checkpoint(CKPT)
+    lines = ["| setup | batch | greedy tok/s | speculative tok/s | ratio | tokens per "
+             "target pass | rows equal to greedy |", "|---|---:|---:|---:|---:|---:|---:|"]
+    gpt2 = jaxgen.load(CKPT)
+    rs = np.random.RandomState(0)
+    for batch in (1, 4):
+        ids = np.stack([np.tile(rs.randint(1, 8192, size=16), 4) for _ in range(batch)])
+        inputs = dict(input_ids=ids, attention_mask=np.ones_like(ids), pad_token_id=0)
+        for k in (3, 5):
+            lines.append(run(f"prompt lookup K={k}, repetitive prompt (GPT-2 shape)", gpt2,
+                             inputs, dict(prompt_lookup_num_tokens=k), args.repeats))
+    lm, draft = jaxgen.load(), jaxgen.load_draft()
+    held = DATA.read_text()[int(0.9 * len(DATA.read_text())):]
+    starts = [0, 5000, 20000, 40000]
+    for batch in (1, 4):
+        prompts = [held[s:s + 200] for s in starts[:batch]]
+        inputs = lm.tokenizer(prompts)
+        for k in (2, 3, 5):
+            lines.append(run(f"draft model K={k} (default model)", lm, inputs,
+                             dict(assistant_model=draft, num_assistant_tokens=k),
+                             args.repeats))
+    head = (f"{datetime.datetime.now().isoformat(timespec='seconds')}, {NEW} new tokens, "
+            f"greedy, eos disabled, median of {args.repeats} interleaved repeats")
+    print(head + "\n\n" + "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
