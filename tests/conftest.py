@@ -31,6 +31,16 @@ class CompileCounter:
         return False
 
 
+@pytest.fixture(autouse=True)
+def _no_persistent_cache_in_process(monkeypatch):
+    """``jaxgen generate`` turns on JAX's persistent compilation cache for its process;
+    called in-process by tests it would switch it on for the rest of the suite (writing
+    into a deleted temporary directory). Subprocess tests still exercise the real thing."""
+    import jaxgen.cli
+
+    monkeypatch.setattr(jaxgen.cli, "enable_compilation_cache", lambda: None)
+
+
 @pytest.fixture
 def count_compiles() -> CompileCounter:
     return CompileCounter()
