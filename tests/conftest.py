@@ -31,6 +31,14 @@ class CompileCounter:
         return False
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_jax_caches():
+    """Drop compiled executables after every test module: the suite compiles a few
+    thousand programs, and keeping them all made XLA:CPU crash late in a full run."""
+    yield
+    jax.clear_caches()
+
+
 @pytest.fixture(autouse=True)
 def _no_persistent_cache_in_process(monkeypatch):
     """``jaxgen generate`` turns on JAX's persistent compilation cache for its process;
