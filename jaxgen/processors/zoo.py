@@ -252,6 +252,20 @@ def _phrase_state(ctx: Context, it: int, count: Any = 0) -> PhraseState:
 
 # --- processors -------------------------------------------------------------------------
 
+def _set_boost_target(proc: Any, name: str, required: str, tokenizer: Any,
+                      boost_token_str: str | None) -> None:
+    """GenLength / MaxTime set-up: the boosted token (eos unless ``boost_token_str``) and
+    the sentence-end token ids, read from the tokenizer at construction."""
+    _check_tokenizer_only(name, tokenizer, boost_token_str=boost_token_str)
+    if tokenizer is None:
+        return
+    if getattr(proc, required) is None:
+        raise TypeError(f"{name}: {required} is required")
+    tok = (_eos(name, tokenizer) if boost_token_str is None
+           else _text_to_token(tokenizer, boost_token_str, last=False))
+    object.__setattr__(proc, "boost_token", np.asarray(tok, np.int32))
+    object.__setattr__(proc, "sentence_end", _sentence_end_ids(tokenizer))
+
 @struct.dataclass
 class GenLength(LogitsProcessor):
     """Boost eos (or ``boost_token_str``'s token) by ``boost_factor * n**p / 10**p`` after
@@ -273,14 +287,7 @@ class GenLength(LogitsProcessor):
     sentence_end: Any = None        # int32 [n] pad_ids: sentence-end token ids
 
     def __post_init__(self, tokenizer: Any, boost_token_str: str | None) -> None:
-        _check_tokenizer_only("GenLength", tokenizer, boost_token_str=boost_token_str)
-        if tokenizer is not None:
-            if self.boost_factor is None:
-                raise TypeError("GenLength: boost_factor is required")
-            tok = (_eos("GenLength", tokenizer) if boost_token_str is None
-                   else _text_to_token(tokenizer, boost_token_str, last=False))
-            object.__setattr__(self, "boost_token", np.asarray(tok, np.int32))
-            object.__setattr__(self, "sentence_end", _sentence_end_ids(tokenizer))
+        _set_boost_target(self, "GenLength", "boost_factor", tokenizer, boost_token_str)
         object.__setattr__(self, "boost_factor", as_leaf(self.boost_factor, jnp.float32))
         object.__setattr__(self, "p", as_leaf(self.p, jnp.float32))
         object.__setattr__(self, "complete_sentences", as_leaf(self.complete_sentences, bool))
@@ -619,14 +626,7 @@ class MaxTime(LogitsProcessor):
     sentence_end: Any = None         # int32 [n] pad_ids
 
     def __post_init__(self, tokenizer: Any, boost_token_str: str | None) -> None:
-        _check_tokenizer_only("MaxTime", tokenizer, boost_token_str=boost_token_str)
-        if tokenizer is not None:
-            if self.max_time is None:
-                raise TypeError("MaxTime: max_time is required")
-            tok = (_eos("MaxTime", tokenizer) if boost_token_str is None
-                   else _text_to_token(tokenizer, boost_token_str, last=False))
-            object.__setattr__(self, "boost_token", np.asarray(tok, np.int32))
-            object.__setattr__(self, "sentence_end", _sentence_end_ids(tokenizer))
+        _set_boost_target(self, "MaxTime", "max_time", tokenizer, boost_token_str)
         object.__setattr__(self, "max_time", as_leaf(self.max_time, jnp.float32))
         object.__setattr__(self, "complete_sentences", as_leaf(self.complete_sentences, bool))
 
