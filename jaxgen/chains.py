@@ -24,7 +24,7 @@ import numpy as np
 from jaxgen import processors as P
 from jaxgen.config import GenerationConfig
 from jaxgen.decoding import Knobs
-from jaxgen.processors.base import pad_ids
+from jaxgen.ops import pad_ids
 
 
 def _thaw(x: Any) -> Any:
@@ -67,13 +67,39 @@ def build_knobs(cfg: GenerationConfig, *, prompt_ids: np.ndarray, max_length: in
     max_length: transformers' total length for this call.
     """
     eos = list(cfg.eos_token_ids())
-    width = prompt_ids.shape[1]
-    beams = cfg.num_beams
-    b: list[Any] = []
+    guidance = []
     if cfg.guidance_scale is not None and cfg.guidance_scale != 1:
-        b.append(P.UnbatchedClassifierFreeGuidance(
+        guidance.append(P.UnbatchedClassifierFreeGuidance(
             cfg.guidance_scale, model, params, unconditional_ids=negative_prompt_ids,
             unconditional_attention_mask=negative_prompt_attention_mask))
+    built = guidance + _processors(cfg, eos, prompt_ids, max_length, prefix_allowed_tokens_fn)
+    processors = _merge(built, user)
+    warpers = _warpers(cfg, eos)
+    # After the warpers in transformers; these look at token ids, so they run on the full
+    # vocabulary: as processors when greedy, as (non-candidate) warpers when sampling.
+    tail: list[Any] = []
+    if cfg.watermarking_config is not None:
+        tail.append(_watermark(cfg.watermarking_config, model.vocab_size))
+    if cfg.renormalize_logits:
+        tail.append(P.LogitNormalization())
+    if cfg.do_sample:
+        warpers += tail
+    else:
+        processors += tail
+    pad = cfg.pad_token_id if cfg.pad_token_id is not None else (eos[0] if eos else 0)
+    return Knobs(processors=P.chain(*processors), warpers=P.Chain(tuple(warpers)),
+                 eos=pad_ids(eos), pad=np.asarray(pad, np.int32),
+                 length_penalty=np.asarray(cfg.length_penalty, np.float32),
+                 diversity_penalty=np.asarray(cfg.diversity_penalty, np.float32),
+                 penalty_alpha=None if cfg.penalty_alpha is None
+                 else np.asarray(cfg.penalty_alpha, np.float32))
+
+
+def _processors(cfg: GenerationConfig, eos: list[int], prompt_ids: np.ndarray,
+                max_length: int, prefix_allowed_tokens_fn: Any) -> list[Any]:
+    """The built-in processors after guidance, in transformers' order."""
+    width = prompt_ids.shape[1]
+    b: list[Any] = []
     if cfg.sequence_bias is not None:
         b.append(P.SequenceBias(cfg.sequence_bias))
     if cfg.logit_bias:
@@ -96,7 +122,7 @@ def build_knobs(cfg: GenerationConfig, *, prompt_ids: np.ndarray, max_length: in
     if eos and cfg.min_new_tokens and cfg.min_new_tokens > 0:
         b.append(P.MinNewTokensLength(width, cfg.min_new_tokens, eos))
     if prefix_allowed_tokens_fn is not None:
-        group = max(beams // cfg.num_beam_groups, cfg.num_return_sequences)
+        group = max(cfg.num_beams // cfg.num_beam_groups, cfg.num_return_sequences)
         b.append(P.PrefixConstrained(prefix_allowed_tokens_fn, group))
     if cfg.forced_bos_token_id is not None:
         b.append(P.ForcedBOSToken(cfg.forced_bos_token_id))
@@ -112,41 +138,29 @@ def build_knobs(cfg: GenerationConfig, *, prompt_ids: np.ndarray, max_length: in
     if cfg.begin_suppress_tokens is not None:
         begin = width if (width > 1 or cfg.forced_bos_token_id is None) else width + 1
         b.append(P.SuppressTokensAtBegin(_thaw(cfg.begin_suppress_tokens), begin))
-    processors = _merge(b, user)
+    return b
 
-    warpers: list[Any] = []
-    if cfg.do_sample:
-        # beam sampling keeps a non-eos continuation per beam, like transformers
-        keep = len(eos) + 1 if beams > 1 else 1
-        # always present: dividing by 1.0 is exact, and changing it never recompiles
-        warpers.append(P.Temperature(float(cfg.temperature)))
-        if cfg.top_h is not None:
-            warpers.append(P.TopH(cfg.top_h))
-        if cfg.top_k:
-            warpers.append(P.TopK(int(cfg.top_k), min_tokens_to_keep=keep))
-        if cfg.top_p is not None and cfg.top_p < 1.0:
-            warpers.append(P.TopP(float(cfg.top_p), min_tokens_to_keep=keep))
-        if cfg.min_p is not None:
-            warpers.append(P.MinP(float(cfg.min_p), min_tokens_to_keep=keep))
-        if cfg.typical_p is not None and cfg.typical_p < 1.0:
-            warpers.append(P.Typical(float(cfg.typical_p), min_tokens_to_keep=keep))
-        if cfg.epsilon_cutoff and 0.0 < cfg.epsilon_cutoff < 1.0:
-            warpers.append(P.Epsilon(float(cfg.epsilon_cutoff), min_tokens_to_keep=keep))
-        if cfg.eta_cutoff and 0.0 < cfg.eta_cutoff < 1.0:
-            warpers.append(P.Eta(float(cfg.eta_cutoff), min_tokens_to_keep=keep))
-    # After the warpers in transformers; these look at token ids, so they run on the full
-    # vocabulary: as processors when greedy, as (non-candidate) warpers when sampling.
-    tail: list[Any] = []
-    if cfg.watermarking_config is not None:
-        tail.append(_watermark(cfg.watermarking_config, model.vocab_size))
-    if cfg.renormalize_logits:
-        tail.append(P.LogitNormalization())
-    if cfg.do_sample:
-        warpers += tail
-    else:
-        processors += tail
-    pad = cfg.pad_token_id if cfg.pad_token_id is not None else (eos[0] if eos else 0)
-    return Knobs(processors=P.chain(*processors), warpers=P.Chain(tuple(warpers)),
-                 eos=pad_ids(eos), pad=np.asarray(pad, np.int32),
-                 length_penalty=np.asarray(cfg.length_penalty, np.float32),
-                 diversity_penalty=np.asarray(cfg.diversity_penalty, np.float32))
+
+def _warpers(cfg: GenerationConfig, eos: list[int]) -> list[Any]:
+    """The sampling warpers, in transformers' order (none when greedy)."""
+    if not cfg.do_sample:
+        return []
+    # beam sampling keeps a non-eos continuation per beam, like transformers
+    keep = len(eos) + 1 if cfg.num_beams > 1 else 1
+    # always present: dividing by 1.0 is exact, and changing it never recompiles
+    warpers: list[Any] = [P.Temperature(float(cfg.temperature))]
+    if cfg.top_h is not None:
+        warpers.append(P.TopH(cfg.top_h))
+    if cfg.top_k:
+        warpers.append(P.TopK(int(cfg.top_k), min_tokens_to_keep=keep))
+    if cfg.top_p is not None and cfg.top_p < 1.0:
+        warpers.append(P.TopP(float(cfg.top_p), min_tokens_to_keep=keep))
+    if cfg.min_p is not None:
+        warpers.append(P.MinP(float(cfg.min_p), min_tokens_to_keep=keep))
+    if cfg.typical_p is not None and cfg.typical_p < 1.0:
+        warpers.append(P.Typical(float(cfg.typical_p), min_tokens_to_keep=keep))
+    if cfg.epsilon_cutoff and 0.0 < cfg.epsilon_cutoff < 1.0:
+        warpers.append(P.Epsilon(float(cfg.epsilon_cutoff), min_tokens_to_keep=keep))
+    if cfg.eta_cutoff and 0.0 < cfg.eta_cutoff < 1.0:
+        warpers.append(P.Eta(float(cfg.eta_cutoff), min_tokens_to_keep=keep))
+    return warpers

@@ -1,9 +1,11 @@
 """Stopping criteria: pytrees that return a per-row "done" mask, inside the jitted loop.
 
 A criterion is called after a token is written, with the step ``Context`` (``ctx.cur`` is
-the slot after the new token)::
+the slot after the new token; a scalar, or one per row)::
 
     done = criterion(ctx)          # bool [rows]
+
+Criteria are ``pytree_dataclass`` pytrees: arguments are checked once, at construction.
 
 ``MaxTime`` is the exception: it is checked by the host driver between chunks of steps
 (``generate`` then runs the loop in chunks), never inside the loop.
@@ -23,13 +25,13 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import struct
 from jaxtyping import Array, Bool
 
-from jaxgen.processors.base import Context, as_leaf, pad_ids
+from jaxgen.ops import check_int, eos_ids, pad_ids, row_take, set_leaves
+from jaxgen.processors.base import Context, pytree_dataclass
 
 
 class StoppingCriterion:
@@ -39,7 +41,7 @@ class StoppingCriterion:
         raise NotImplementedError
 
 
-@struct.dataclass
+@pytree_dataclass
 class Lambda(StoppingCriterion):
     """A criterion from a jittable ``fn(ctx) -> bool [rows]`` (see ``criterion``)."""
 
@@ -56,21 +58,21 @@ def criterion(fn: Callable[[Context], Any]) -> Lambda:
     return Lambda(fn)
 
 
-@struct.dataclass
+@pytree_dataclass
 class MaxLength(StoppingCriterion):
     """Done once the sequence (prompt included) has ``max_length`` tokens."""
 
     max_length: Any
 
     def __post_init__(self):
-        _check_positive("MaxLength.max_length", self.max_length)
-        object.__setattr__(self, "max_length", as_leaf(self.max_length, jnp.int32))
+        check_int("MaxLength.max_length", self.max_length, 1)
+        set_leaves(self, jnp.int32, "max_length")
 
     def __call__(self, ctx):
         return jnp.broadcast_to(ctx.cur_len >= self.max_length, ctx.sequences.shape[:1])
 
 
-@struct.dataclass
+@pytree_dataclass
 class MaxNewTokens(StoppingCriterion):
     """Done after ``max_new_tokens`` generated tokens (``generate`` turns it into its
     length limit; used directly it needs ``start_length``, the prompt width)."""
@@ -79,10 +81,11 @@ class MaxNewTokens(StoppingCriterion):
     start_length: Any = None
 
     def __post_init__(self):
-        _check_positive("MaxNewTokens.max_new_tokens", self.max_new_tokens)
-        object.__setattr__(self, "max_new_tokens", as_leaf(self.max_new_tokens, jnp.int32))
+        check_int("MaxNewTokens.max_new_tokens", self.max_new_tokens, 1)
+        set_leaves(self, jnp.int32, "max_new_tokens")
         if self.start_length is not None:
-            object.__setattr__(self, "start_length", as_leaf(self.start_length, jnp.int32))
+            check_int("MaxNewTokens.start_length", self.start_length)
+            set_leaves(self, jnp.int32, "start_length")
 
     def __call__(self, ctx):
         if self.start_length is None:
@@ -91,7 +94,7 @@ class MaxNewTokens(StoppingCriterion):
         return jnp.broadcast_to(done, ctx.sequences.shape[:1])
 
 
-@struct.dataclass
+@pytree_dataclass
 class EosToken(StoppingCriterion):
     """Done when the newest token is one of ``eos_token_id`` (an int or a list)."""
 
@@ -99,12 +102,11 @@ class EosToken(StoppingCriterion):
 
     def __post_init__(self):
         ids = self.eos_token_id
-        if isinstance(ids, (int, list, tuple)):
-            ids = [ids] if isinstance(ids, int) else list(ids)
-            if not ids or any(isinstance(i, bool) or not isinstance(i, int) or i < 0
-                              for i in ids):
+        if isinstance(ids, (int, np.integer, list, tuple, np.ndarray)):
+            parsed = eos_ids(ids, "EosToken.eos_token_id")
+            if not parsed:
                 raise ValueError(f"EosToken.eos_token_id must be token ids >= 0, got {ids!r}")
-            object.__setattr__(self, "eos_token_id", pad_ids(ids))
+            object.__setattr__(self, "eos_token_id", pad_ids(parsed))
 
     def __call__(self, ctx):
         last = ctx.last_tokens
@@ -128,11 +130,6 @@ class MaxTime:
             raise ValueError(f"MaxTime.max_time must be a number of seconds > 0, got {t!r}")
         if isinstance(self.chunk, bool) or not isinstance(self.chunk, int) or self.chunk < 1:
             raise ValueError(f"MaxTime.chunk must be an int >= 1, got {self.chunk!r}")
-
-
-def _check_positive(name: str, v: Any) -> None:
-    if isinstance(v, bool) or (isinstance(v, (int, np.integer)) and v < 1):
-        raise ValueError(f"{name} must be an int >= 1, got {v!r}")
 
 
 # --- stop strings -------------------------------------------------------------------------
@@ -178,7 +175,7 @@ def StopStrings(stop_strings: str | Sequence[str], tokenizer: Any) -> StopString
     return StopStringMatcher.create(stop_strings, tokenizer)
 
 
-@struct.dataclass
+@pytree_dataclass
 class StopStringMatcher(StoppingCriterion):
     """Done when a stop string appears in the text and overlaps the newest token.
 
@@ -189,12 +186,14 @@ class StopStringMatcher(StoppingCriterion):
 
     Build with ``StopStrings(stop_strings, tokenizer=tok)``; ``window`` = the longest stop
     string in bytes + 1 tokens, enough since every token yields at least one byte.
+    ``targets`` may also hold one set of strings per row (``[rows, n, L]``, lengths
+    ``[rows, n]``, length 0 = no string), as the continuous-batching engine does.
     """
 
     table: Any                      # [vocab, max_token_bytes] uint8 bytes, right-padded
     lengths: Any                    # [vocab] int32 byte length of each token
-    targets: Any                    # [n_strings, max_string_bytes] reversed stop strings
-    target_lengths: Any             # [n_strings]
+    targets: Any                    # [(rows,) n_strings, max_string_bytes] reversed strings
+    target_lengths: Any             # [(rows,) n_strings]
     window: int = struct.field(pytree_node=False, default=1)
     stop_strings: tuple[str, ...] = struct.field(pytree_node=False, default=())
 
@@ -210,29 +209,20 @@ class StopStringMatcher(StoppingCriterion):
         table = np.zeros((len(toks), width), np.uint8)
         for i, t in enumerate(toks):
             table[i, :len(t)] = np.frombuffer(t, np.uint8)
-        enc = [s.encode("utf-8") for s in strings]
-        longest = max(len(e) for e in enc)
-        targets = np.zeros((len(enc), longest), np.int32)
-        for i, e in enumerate(enc):
-            targets[i, :len(e)] = np.frombuffer(e[::-1], np.uint8)
+        targets, target_lengths = stop_targets(strings)
         # a match covers at most len(string) tokens plus the newest one
         return cls(table=table, lengths=np.asarray([len(t) for t in toks], np.int32),
-                   targets=targets, target_lengths=np.asarray([len(e) for e in enc], np.int32),
-                   window=longest + 1, stop_strings=tuple(strings))
+                   targets=targets, target_lengths=target_lengths,
+                   window=targets.shape[1] + 1, stop_strings=tuple(strings))
 
     def __call__(self, ctx):
         w, width = self.window, self.table.shape[1]
-        rows = ctx.sequences.shape[0]
-        seqs, mask, cur = ctx.sequences, ctx.attention_mask, ctx.cur
-        if seqs.shape[1] < w:      # short buffer: pad on the left with empty slots
-            extra = w - seqs.shape[1]
-            seqs = jnp.pad(seqs, ((0, 0), (extra, 0)))
-            mask = jnp.pad(mask, ((0, 0), (extra, 0)))
-            cur = cur + extra
-        first = jnp.maximum(cur - w, 0)
-        ids = jax.lax.dynamic_slice_in_dim(seqs, first, w, axis=1)             # [rows, w]
-        live = jax.lax.dynamic_slice_in_dim(mask, first, w, axis=1) > 0
-        live &= (first + jnp.arange(w)) < cur                                   # real slots
+        rows = ctx.rows
+        # slots cur - w .. cur - 1 exactly (not clamped: the newest token stays last);
+        # slots before 0 (cur < w) and padding hold no text
+        slots = jnp.broadcast_to(ctx.cur_col - w + jnp.arange(w), (rows, w))
+        ids = row_take(ctx.sequences, slots)                                    # [rows, w]
+        live = (slots >= 0) & (row_take(ctx.attention_mask, slots) > 0)
         ids = jnp.clip(ids, 0, self.table.shape[0] - 1)
         lens = jnp.where(live, jnp.asarray(self.lengths)[ids], 0)[:, ::-1]      # newest first
         data = jnp.asarray(self.table)[ids][:, ::-1]                            # [rows, w, width]
@@ -246,17 +236,37 @@ class StopStringMatcher(StoppingCriterion):
         rev = rev.at[jnp.arange(rows)[:, None, None], pos].set(data.astype(jnp.int32))
         total = lens.sum(axis=1)
         # a stop string ends inside the newest token: its reversed text starts at e < len_0
-        tgt = jnp.asarray(self.targets)
-        n, longest = tgt.shape
+        tgt, tlen = jnp.asarray(self.targets), jnp.asarray(self.target_lengths)
+        if tgt.ndim == 2:                       # one set of strings for every row
+            tgt, tlen = tgt[None], tlen[None]   # [1, n, L], [1, n]
+        longest = tgt.shape[2]
         e = jnp.arange(width)
         idx = jnp.clip(e[:, None] + jnp.arange(longest)[None, :], 0, size)        # [width, L]
         windows = rev[:, idx]                                                   # [rows, width, L]
-        in_string = jnp.arange(longest)[None, :] < jnp.asarray(self.target_lengths)[:, None]
-        eq = (windows[:, None] == tgt[None, :, None, :]) | ~in_string[None, :, None, :]
-        fits = (e[None, None, :] + jnp.asarray(self.target_lengths)[None, :, None]
-                <= total[:, None, None])
+        in_string = jnp.arange(longest) < tlen[..., None]                     # [1|rows, n, L]
+        eq = (windows[:, None] == tgt[:, :, None, :]) | ~in_string[:, :, None, :]
+        fits = (e + tlen[..., None] <= total[:, None, None]) & (tlen[..., None] > 0)
         starts = e[None, None, :] < lens[:, :1, None]
         return (eq.all(-1) & fits & starts).any(axis=(1, 2))
+
+
+def stop_targets(strings: Sequence[str], n: int | None = None, longest: int | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Stop strings as the matcher's ``targets`` (``[n, longest]`` int32, each string's
+    UTF-8 bytes reversed, zero-padded) and ``target_lengths`` (``[n]``, 0 for the padding
+    rows); ``n`` / ``longest`` default to the strings' count and longest byte length."""
+    enc = [s.encode("utf-8") for s in strings]
+    n = len(enc) if n is None else n
+    longest = max(len(e) for e in enc) if longest is None else longest
+    if len(enc) > n or any(len(e) > longest for e in enc):
+        raise ValueError(f"stop_strings: at most {n} strings of at most {longest} bytes, "
+                         f"got {len(enc)} of up to {max(map(len, enc))} bytes")
+    targets = np.zeros((n, longest), np.int32)
+    for i, e in enumerate(enc):
+        targets[i, :len(e)] = np.frombuffer(e[::-1], np.uint8)
+    lengths = np.zeros((n,), np.int32)
+    lengths[:len(enc)] = [len(e) for e in enc]
+    return targets, lengths
 
 
 # --- merging with the config ----------------------------------------------------------------
@@ -316,4 +326,4 @@ def any_done(criteria: Sequence[Any], ctx: Context) -> Bool[Array, " rows"]:
 
 __all__ = ["EosToken", "Lambda", "MaxLength", "MaxNewTokens", "MaxTime", "Merged",
            "StopStringMatcher", "StopStrings", "StoppingCriterion", "any_done", "criterion",
-           "merge", "token_bytes"]
+           "merge", "stop_targets", "token_bytes"]

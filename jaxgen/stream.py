@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import time
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
 
-from jaxgen.generate import chunks, prepare, start
+from jaxgen.drivers import Frontier, chunks
+from jaxgen.generate import finish, prepare, start
 
 
 def _is_cjk(cp: int) -> bool:
@@ -87,12 +88,17 @@ class TextStreamer:
 
 
 def stream(lm: Any, prompt_or_inputs: Any, *, chunk: int = 8, rng: Any = None,
-           skip_special_tokens: bool = True, **kwargs: Any) -> Iterator[str | list[str]]:
+           skip_special_tokens: bool = True, on_finish: Callable[[Any], None] | None = None,
+           **kwargs: Any) -> Iterator[str | list[str]]:
     """Yield generated text as it is produced (see the module docstring).
 
     prompt_or_inputs: a string, a list of strings, or ``lm.tokenizer(...)`` output.
-    chunk: tokens per jitted ``run_steps`` call (the only host interaction).
+    chunk: strategy steps per jitted ``run_steps`` call (the only host interaction).
     kwargs: ``GenerationConfig`` fields and ``generate`` options (not ``num_beams > 1``).
+    on_finish: called once at the end with what ``generate`` would return (a
+    ``GenerateOutput`` with ``return_dict_in_generate=True``, e.g. for its cache).
+    On a mesh spanning processes, each process passes its own prompts and gets the
+    pieces of its rows (see `jaxgen.distributed`).
     """
     if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
         raise ValueError(f"chunk must be an int >= 1, got {chunk!r}")
@@ -105,28 +111,29 @@ def stream(lm: Any, prompt_or_inputs: Any, *, chunk: int = 8, rng: Any = None,
         inputs = prompt_or_inputs
     t0 = time.perf_counter()
     kwargs.setdefault("tokenizer", lm.tokenizer)
-    prep = prepare(lm.model, inputs["input_ids"], inputs.get("attention_mask"),
-                   config=lm.generation_config, rng=rng, strict=False, params=lm.params,
-                   **kwargs)
-    if prep.spec.num_beams > 1:
-        raise ValueError("stream() works with greedy decoding and sampling, not with "
-                         "num_beams > 1 (as in transformers)")
-    prep.chunk = chunk
-    rows = prep.input_ids.shape[0]
+    request = prepare(lm.model, inputs["input_ids"], inputs.get("attention_mask"),
+                      config=lm.generation_config, rng=rng, strict=False, params=lm.params,
+                      **kwargs)
+    if not request.strategy.streamable:
+        raise ValueError("stream() works with greedy decoding, sampling and speculative "
+                         "decoding, not with num_beams > 1 (as in transformers)")
+    request.chunk = chunk
+    rows = request.own(request.input_ids).shape[0]  # this process's rows (multi-host)
     single = single or rows == 1
     decoders = [TextStreamer(lm.tokenizer, skip_special_tokens=skip_special_tokens)
                 for _ in range(rows)]
-    first = start(prep, lm.params)
-    shown = first.prompt_end
-    for state in _with_first(first, chunks(prep, lm.params, first, t0)):
-        cur = int(state.cur)
-        if cur > shown:
-            new = np.asarray(state.sequences)[:, shown:cur]
-            shown = cur
+    first = start(request, lm.params)
+    frontier = Frontier(request, first)
+    state = first
+    for state in _with_first(first, chunks(request, lm.params, first, t0)):
+        new = request.own(frontier.new_tokens(state))
+        if new.shape[1]:
             pieces = [d._push(new[r].tolist()) for r, d in enumerate(decoders)]
             if any(pieces):
                 yield pieces[0] if single else pieces
     pieces = [d._flush() for d in decoders]
+    if on_finish is not None:
+        on_finish(finish(request, state))
     if any(pieces):
         yield pieces[0] if single else pieces
 

@@ -30,6 +30,12 @@ class TableLM:
         logits = params["table"][tokens] + params["pos_bias"][positions]
         return logits, cache.replace(index=cache.index + tokens.shape[1])
 
+    def reorder_cache(self, cache: StubCache, rows) -> StubCache:
+        return cache                      # the logits depend on the tokens only
+
+    def rewind_cache(self, cache: StubCache, index) -> StubCache:
+        return cache.replace(index=jnp.asarray(index, jnp.int32))
+
 
 def table_params(table: np.ndarray, max_pos: int = 64, pos_bias: np.ndarray | None = None):
     v = table.shape[0]

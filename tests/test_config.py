@@ -306,10 +306,6 @@ UNSUPPORTED_VALUES: dict[str, tuple[Any, dict[str, Any]]] = {
     "cache_implementation": ("quantized", {}),
     "cache_config": ({"nbits": 4}, {}),
     "max_cache_len": (128, {}),
-    "token_healing": (True, {}),
-    "output_attentions": (True, {"return_dict_in_generate": True}),
-    "output_hidden_states": (True, {"return_dict_in_generate": True}),
-    "output_logits": (True, {"return_dict_in_generate": True}),
     "decoder_start_token_id": (0, {}),
     "is_assistant": (True, {}),
     "assistant_confidence_threshold": (0.2, {}),
@@ -322,10 +318,6 @@ UNSUPPORTED_VALUES: dict[str, tuple[Any, dict[str, Any]]] = {
     "disable_compile": (True, {}),
     "continuous_batching_config": ({"block_size": 16}, {}),
     "low_memory": (True, {}),
-    "penalty_alpha": (0.6, {}),
-    "dola_layers": ("high", {}),
-    "constraints": ([object()], {}),
-    "force_words_ids": ([[1, 2]], {}),
     "prefill_chunk_size": (64, {}),
 }
 
@@ -351,18 +343,18 @@ def test_unsupported_fields_raise_naming_the_field(field):
 
 def test_unsupported_message_format():
     with pytest.raises(ValueError) as err:
-        GenerationConfig(penalty_alpha=0.6).validate()
+        GenerationConfig(prefill_chunk_size=64).validate()
     assert str(err.value) == (
-        "GenerationConfig.penalty_alpha=0.6 (contrastive search) is not supported by "
+        "GenerationConfig.prefill_chunk_size=64 (chunked prefill) is not supported by "
         "jaxgen yet; allowed: None"
     )
 
 
 def test_unsupported_raises_even_when_lenient():
-    with pytest.raises(ValueError, match="penalty_alpha"):
-        GenerationConfig(penalty_alpha=0.6).validate(strict=False)
-    with pytest.raises(ValueError, match="dola_layers"):
-        GenerationConfig(dola_layers="low").validate(strict=False)
+    with pytest.raises(ValueError, match="prefill_chunk_size"):
+        GenerationConfig(prefill_chunk_size=64).validate(strict=False)
+    with pytest.raises(ValueError, match="use_mtp"):
+        GenerationConfig(use_mtp=True).validate(strict=False)
 
 
 def test_neutral_values_of_unsupported_fields_pass():
@@ -582,3 +574,72 @@ def test_length_pairs_that_transformers_honours_both_are_valid():
     # max_new_tokens wins over max_length; min_length and min_new_tokens both apply
     GenerationConfig(max_length=50, max_new_tokens=5).validate()
     GenerationConfig(min_length=3, min_new_tokens=2, eos_token_id=0).validate()
+
+
+# ---- the model's config merged with the caller's arguments ------------------------------
+
+def test_merged_drops_inherited_settings_without_effect_quietly():
+    model = GenerationConfig.from_dict(LLAMA3)
+    greedy = model.merged({"do_sample": False})
+    assert (greedy.temperature, greedy.top_p, greedy.do_sample) == (1.0, 1.0, False)
+    assert greedy.eos_token_id == model.eos_token_id and greedy.bos_token_id == 128000
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        greedy.validate(vocab_size=128256, strict=False)
+        greedy.validate(vocab_size=128256, strict=True)
+    assert model.merged({}) == model and model.merged({"top_p": 0.5}).temperature == 0.6
+
+
+def test_merged_keeps_what_the_caller_passed():
+    model = GenerationConfig.from_dict(LLAMA3)
+    cfg = model.merged({"temperature": 0.5, "do_sample": False})
+    assert cfg.temperature == 0.5 and cfg.top_p == 1.0
+    with pytest.raises(ValueError, match="temperature"):
+        cfg.validate(strict=True)
+    with pytest.raises(TypeError, match="top_pp"):
+        model.merged({"top_pp": 0.5})
+
+
+@pytest.mark.parametrize("inherited,overrides,reset", [
+    ({"num_beams": 4, "length_penalty": 2.0, "early_stopping": True}, {"num_beams": 1},
+     {"length_penalty", "early_stopping"}),
+    ({"output_scores": True, "return_dict_in_generate": True},
+     {"return_dict_in_generate": False}, {"output_scores"}),
+    ({"num_beams": 4, "num_beam_groups": 2, "diversity_penalty": 0.5},
+     {"num_beam_groups": 1}, {"diversity_penalty"}),
+    ({"min_length": 5, "min_new_tokens": 2, "eos_token_id": 3}, {"eos_token_id": None},
+     {"min_length", "min_new_tokens"}),
+    ({"do_sample": True, "top_k": 5, "typical_p": 0.5, "min_p": 0.1}, {"do_sample": False},
+     {"top_k", "typical_p", "min_p"}),
+])
+def test_merged_applies_every_no_effect_rule(inherited, overrides, reset):
+    model = GenerationConfig(**inherited)
+    cfg = model.merged(overrides)
+    assert {n for n in inherited if getattr(cfg, n) != getattr(model, n)} - set(
+        overrides) == reset
+    assert all(getattr(cfg, n) == FIELDS[n] for n in reset)
+    assert warned_fields(cfg) == set()
+
+
+def test_bundled_model_called_greedy_does_not_warn():
+    """The bundled model samples (temperature 0.8, top_p 0.95); a greedy call on it gets
+    greedy tokens and no 'has no effect' warning."""
+    import jaxgen
+
+    lm = jaxgen.load()
+    assert lm.generation_config.do_sample and lm.generation_config.temperature != 1.0
+    inputs = lm.tokenizer(["To be", "Once upon a time"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GenerationConfigWarning)
+        got = lm.generate(**inputs, do_sample=False, max_new_tokens=6)
+    greedy = GenerationConfig(max_new_tokens=6, eos_token_id=lm.generation_config.eos_token_id,
+                              pad_token_id=lm.generation_config.pad_token_id)
+    want = jaxgen.generate(lm.model, lm.params, inputs["input_ids"],
+                           attention_mask=inputs["attention_mask"], config=greedy)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    # the caller's own temperature is kept, so it is reported (an error, or the warning
+    # of the non-strict model-config path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", GenerationConfigWarning)
+        with pytest.raises((ValueError, GenerationConfigWarning), match="temperature"):
+            lm.generate(**inputs, temperature=0.5, do_sample=False, max_new_tokens=6)

@@ -225,3 +225,14 @@ def test_bad_input_raises_before_compiling(ids, mask, kw, exc, field, count_comp
     with count_compiles() as c, pytest.raises(exc, match=field):
         jaxgen.generate(MODEL, PARAMS, ids, mask, **kw)
     assert c.count == 0
+
+
+def test_greedy_num_return_sequences_is_refused_through_a_model_config():
+    """transformers: "Greedy methods without beam search do not support
+    num_return_sequences different than 1"; the bundled model's config samples, so the
+    caller's do_sample=False makes it greedy."""
+    lm = jaxgen.load()
+    inputs = lm.tokenizer(["To be"])
+    with pytest.raises(ValueError, match="num_return_sequences"):
+        lm.generate(**inputs, do_sample=False, num_return_sequences=2, max_new_tokens=3)
+    assert lm.generate(**inputs, num_return_sequences=2, max_new_tokens=3).shape[0] == 2

@@ -120,7 +120,7 @@ def test_candidate_space_keeps_the_same_set(warper, k):
 
 def test_sampler_scores_equal_full_row_chain():
     """``warp_and_sample`` (candidates after TopK) reports the full-row chain's scores."""
-    from jaxgen.decoding.sample import warp_and_sample
+    from jaxgen.decoding.kernel import warp_and_sample
 
     logits = jnp.asarray(_logits(vocab=5000, seed=11, scale=2.0))
     warpers = (P.Temperature(0.8), P.TopK(50), Typical(0.8), Epsilon(1e-3), Eta(1e-3),

@@ -101,10 +101,72 @@ def test_sampling_preserves_the_target_distribution():
     assert stats.chisquare(counts, q * n)[1] < 1e-6
 
 
+PROCESSOR_SETTINGS = {
+    "repetition": dict(repetition_penalty=1.8),
+    "no_repeat_ngram": dict(no_repeat_ngram_size=2),
+    "bad_words": dict(bad_words_ids=[[5], [7, 9]]),
+    "min_new_tokens": dict(min_new_tokens=8, eos_token_id=[3, 11]),
+    "sequence_bias": dict(sequence_bias={(4,): 3.0, (6, 8): -5.0}),
+    "all": dict(repetition_penalty=1.3, no_repeat_ngram_size=3, bad_words_ids=[[5]],
+                min_new_tokens=6, eos_token_id=[3], sequence_bias={(4,): 2.0}),
+}
+SPECULATIVE = {
+    "draft_same": dict(assistant_model=(MODEL, DRAFTS["same"]), num_assistant_tokens=4),
+    "draft_half": dict(assistant_model=(MODEL, DRAFTS["half"]), num_assistant_tokens=3),
+    "lookup": dict(prompt_lookup_num_tokens=5, max_matching_ngram_size=2),
+}
+
+
+@pytest.mark.parametrize("setting", sorted(PROCESSOR_SETTINGS))
+@pytest.mark.parametrize("spec", sorted(SPECULATIVE))
+def test_greedy_with_processors_equals_plain_greedy(setting, spec):
+    """The whole processor chain runs on every verified position, with its state."""
+    kw = PROCESSOR_SETTINGS[setting]
+    plain = _gen(**kw)
+    np.testing.assert_array_equal(_gen(**SPECULATIVE[spec], **kw), plain)
+    if setting == "repetition":       # and the setting is not a no-op on these prompts
+        assert not np.array_equal(plain, _gen())
+
+
+def test_scores_equal_plain_greedy_scores():
+    kw = dict(repetition_penalty=1.5, output_scores=True, return_dict_in_generate=True)
+    plain = _gen(**kw)
+    ids, mask = left_padded_prompts(seed=1, lengths=(6,), vocab=V)
+    one = jaxgen.generate(MODEL, TARGET, ids, mask, max_new_tokens=12, pad_token_id=0,
+                          eos_token_id=None, **kw)
+    spec = jaxgen.generate(MODEL, TARGET, ids, mask, max_new_tokens=12, pad_token_id=0,
+                           eos_token_id=None, prompt_lookup_num_tokens=3, **kw)
+    np.testing.assert_array_equal(spec.sequences, one.sequences)
+    np.testing.assert_allclose(np.stack(spec.scores), np.stack(one.scores), atol=1e-5)
+    assert len(plain.scores) == 20
+
+
 def test_speculative_limits_are_clear_errors():
     with pytest.raises(ValueError, match="num_beams"):
         _gen(prompt_lookup_num_tokens=3, num_beams=2)
-    with pytest.raises(ValueError, match="RepetitionPenalty"):
-        _gen(prompt_lookup_num_tokens=3, repetition_penalty=1.2)
     with pytest.raises(ValueError, match="vocabulary"):
         _gen(assistant_model=(TableLM(vocab_size=V + 1), DRAFTS["same"]))
+    with pytest.raises(ValueError, match="num_assistant_tokens_schedule"):
+        _gen(assistant_model=(MODEL, DRAFTS["same"]), num_assistant_tokens_schedule="heuristic")
+
+
+def test_sliding_window_ring_cache_survives_rewinds(tmp_path):
+    """A Mistral-style model keeps a ring of window + K slots for its sliding layers:
+    speculative rows that rewind after a partly accepted block still see every key."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    transformers.MistralForCausalLM(transformers.MistralConfig(
+        vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, sliding_window=4,
+        max_position_embeddings=128, initializer_range=0.3)).save_pretrained(tmp_path)
+    lm = jaxgen.load(tmp_path)
+    ids = np.random.RandomState(0).randint(3, 97, (2, 9))
+    kw = dict(input_ids=ids, attention_mask=np.ones_like(ids), max_new_tokens=20,
+              pad_token_id=0, eos_token_id=None)
+    plain = lm.generate(**kw)
+    for k in (2, 5):
+        np.testing.assert_array_equal(lm.generate(**kw, prompt_lookup_num_tokens=k), plain)
+        np.testing.assert_array_equal(
+            lm.generate(**kw, assistant_model=lm, num_assistant_tokens=k), plain)

@@ -189,7 +189,7 @@ def test_streamer_protocol_works_with_transformers_textstreamer(tok_model, capsy
 def test_only_one_host_call_per_chunk(tok_model, monkeypatch):
     import sys
 
-    G = sys.modules["jaxgen.generate"]  # the module (jaxgen.generate is the function)
+    G = sys.modules["jaxgen.drivers"]   # the drivers call run_steps once per chunk
     _, _, lm = tok_model
     calls = []
     real = G.run_steps

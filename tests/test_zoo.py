@@ -195,7 +195,7 @@ def _drive(procs, rows, chunks, table=None, max_new_tokens=24):
                    eos_token_id=EOS, pad_token_id=EOS)
     state = start(prep, params)
     for t, k in chunks:
-        state = run_steps(prep.spec, params, state.replace(elapsed=jnp.float32(t)),
+        state = run_steps(prep.strategy, params, state.replace_loop(elapsed=jnp.float32(t)),
                           np.int32(k))
     return np.asarray(finish(prep, state))[:, ids.shape[1]:]
 

@@ -1,122 +1,107 @@
-"""Prefill + ``lax.while_loop`` driver.
+"""Prefill + the generic ``lax.while_loop`` driver, for any strategy.
 
-``prefill`` runs the padded prompt through the model, builds the state and picks the
-first token; ``run_steps(spec, params, state, n)`` advances the state by at most ``n``
-tokens inside one jitted ``while_loop`` (state donated). ``generate`` runs it to the
-end in one call; streaming and host-side criteria run it in chunks.
+``prefill`` runs the padded prompt through the model, builds the common ``LoopState`` and
+hands the last position's logits to ``strategy.init`` (which picks the first token);
+``run_steps(strategy, params, state, n)`` advances the state by at most ``n`` strategy
+steps inside one jitted ``while_loop`` (state donated). ``generate`` runs it to the end
+in one call; streaming and host-side criteria run it in chunks.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from jaxgen.decoding.beam import BeamState, beam_choose, init_beam_state
-from jaxgen.decoding.diverse import GroupBeamState, group_beam_choose, init_group_state
-from jaxgen.decoding.sample import choose
-from jaxgen.decoding.state import DecodeState, Knobs
-from jaxgen.models.base import positions_from_mask
+from jaxgen.decoding.record import empty, model_apply
+from jaxgen.decoding.record import record as record_outputs
+from jaxgen.decoding.state import DecodeState, Knobs, LoopState
+from jaxgen.models.base import new_cache, positions_from_mask
+from jaxgen.ops import row_take
 
 
-@dataclasses.dataclass(frozen=True)
-class DecodeSpec:
-    """Static structure of a decode: keys the compile cache together with shapes."""
-
-    model: Any
-    do_sample: bool = False
-    output_scores: bool = False
-    new_bucket: int = 32      # generated slots preallocated after the prompt bucket
-    num_beams: int = 1        # > 1: beam search (rows are batch * num_beams)
-    early_stopping: Any = False  # True / False / "never" (beam search)
-    n_keep: int = 0           # beam candidates kept per step: max(2, 1 + n_eos) * num_beams
-    num_beam_groups: int = 1  # > 1: diverse (group) beam search
-    n_eos: int = 0            # number of eos ids (group beam search candidate count)
-
-
-State = DecodeState | BeamState | GroupBeamState
-
-
-def _choose(spec: DecodeSpec, state: State, logits: jax.Array) -> State:
-    if spec.num_beam_groups > 1:
-        return group_beam_choose(state, logits, model=spec.model, num_beams=spec.num_beams,
-                                 num_groups=spec.num_beam_groups, n_eos=spec.n_eos,
-                                 early_stopping=spec.early_stopping,
-                                 diversity_penalty=state.knobs.diversity_penalty,
-                                 output_scores=spec.output_scores)
-    if spec.num_beams > 1:
-        return beam_choose(state, logits, model=spec.model, num_beams=spec.num_beams,
-                           n_keep=spec.n_keep, do_sample=spec.do_sample,
-                           early_stopping=spec.early_stopping,
-                           output_scores=spec.output_scores)
-    return choose(state, logits, spec.do_sample, spec.output_scores)
-
-
-@partial(jax.jit, static_argnums=0)
-def prefill(spec: DecodeSpec, params: Any, input_ids: jax.Array, attention_mask: jax.Array,
-            knobs: Knobs, rng: Any, start: jax.Array, max_len: jax.Array) -> State:
-    """Run the prompt ``[batch, P]`` (left-padded) and choose the first new token.
-
-    ``start``: first slot of the caller's ids (bucket padding before it);
-    ``max_len``: the slot generation stops at (``start`` + transformers' max_length);
-    ``rng``: one typed key, split into one stream per row with ``fold_in(rng, row)``.
-    """
+def init_loop(model: Any, input_ids: jax.Array, attention_mask: jax.Array, knobs: Knobs,
+              rng: Any, start: jax.Array, max_len: jax.Array, *, new_slots: int,
+              output_scores: bool, vocab: int, per_row: bool,
+              step_tokens: int = 1) -> LoopState:
+    """The common state before the prompt's forward pass (empty cache, row streams)."""
     b, p = input_ids.shape
     rng = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(rng, jnp.arange(b))  # row streams
-    length = p + spec.new_bucket
-    mask = jnp.concatenate([attention_mask, jnp.zeros((b, spec.new_bucket), jnp.int32)], 1)
-    positions = positions_from_mask(attention_mask)
-    out, cache = spec.model.apply(params, input_ids, positions,
-                                  spec.model.init_cache(b, length), mask)
+    mask = jnp.concatenate([attention_mask, jnp.zeros((b, new_slots), jnp.int32)], 1)
     sequences = jnp.concatenate(
-        [input_ids, jnp.broadcast_to(knobs.pad, (b, spec.new_bucket)).astype(jnp.int32)], 1)
-    vocab = out.shape[-1]
-    common = dict(sequences=sequences, attention_mask=mask, position=positions[:, -1],
-                  cache=cache, cur=jnp.asarray(p, jnp.int32), start=start.astype(jnp.int32),
-                  max_len=max_len.astype(jnp.int32), elapsed=jnp.zeros((), jnp.float32),
-                  rng=rng, knobs=knobs, prompt_end=p)
-    if spec.num_beam_groups > 1:
-        state = init_group_state(common, spec.num_beams, spec.num_beam_groups, vocab,
-                                 spec.output_scores)
-    elif spec.num_beams > 1:
-        state = init_beam_state(common, spec.num_beams, vocab, spec.output_scores)
-    else:
-        state = DecodeState(
-            **common, done=jnp.zeros((b,), bool), proc_state=None,
-            scores=(jnp.zeros((b, spec.new_bucket, vocab), jnp.float32)
-                    if spec.output_scores else None))
-    ctx = state.context()
-    state = state.replace(proc_state=(knobs.processors.init(ctx), knobs.warpers.init(ctx)))
-    return _choose(spec, state, out[:, -1])
+        [input_ids, jnp.broadcast_to(knobs.pad, (b, new_slots)).astype(jnp.int32)], 1)
+    cur = jnp.full((b,) if per_row else (), p, jnp.int32)
+    return LoopState(
+        sequences=sequences, attention_mask=mask,
+        position=positions_from_mask(attention_mask)[:, -1],
+        cache=new_cache(model, b, p + new_slots, step_tokens), cur=cur,
+        start=start.astype(jnp.int32),
+        max_len=max_len.astype(jnp.int32), elapsed=jnp.zeros((), jnp.float32),
+        done=jnp.zeros((b,), bool), rng=rng, knobs=knobs, proc_state=None,
+        scores=jnp.zeros((b, new_slots, vocab), jnp.float32) if output_scores else None,
+        prompt_end=p, model=model)
 
 
-def _step(spec: DecodeSpec, params: Any, state: State) -> State:
-    """Feed the token of slot ``cur - 1`` to the model and choose the token of slot ``cur``."""
-    tokens = jax.lax.dynamic_slice_in_dim(state.sequences, state.cur - 1, 1, axis=1)
-    out, cache = spec.model.apply(params, tokens, state.position[:, None], state.cache,
-                                  state.attention_mask)
-    return _choose(spec, state.replace(cache=cache), out[:, 0])
+@partial(jax.jit, static_argnames=("strategy", "model", "new_slots", "output_scores",
+                                   "record", "feed"))
+def prefill(strategy: Any, model: Any, params: Any, input_ids: jax.Array,
+            attention_mask: jax.Array, knobs: Knobs, rng: Any, start: jax.Array,
+            max_len: jax.Array, aux: Any = None, past: Any = None, *, new_slots: int,
+            output_scores: bool, record: tuple[str, ...] = (),
+            feed: int | None = None) -> DecodeState:
+    """Run the prompt ``[rows, P]`` (left-padded) and let the strategy choose the first token.
 
-
-def is_running(state: State) -> jax.Array:
-    """True while the loop should go on (a slot is left and the strategy is not done)."""
-    return state.running()
+    ``start``: first slot of the caller's ids (bucket padding before it);
+    ``max_len``: the slot generation stops before (``P + max_new_tokens``);
+    ``rng``: one typed key, split into one stream per row with ``fold_in(rng, row)``;
+    ``aux``: arrays the strategy needs (e.g. a draft model's parameters);
+    ``record``: outputs to record (`jaxgen.decoding.record`);
+    ``past`` / ``feed``: continue from a cache (`jaxgen.decoding.past.Carry`) feeding only
+    the last ``feed`` slots of the prompt.
+    """
+    loop = init_loop(model, input_ids, attention_mask, knobs, rng, start, max_len,
+                     new_slots=new_slots, output_scores=output_scores,
+                     vocab=model.vocab_size, per_row=strategy.cursor_per_row,
+                     step_tokens=strategy.tokens_per_step)
+    p = input_ids.shape[1]
+    lo = 0 if feed is None else p - feed
+    cache = loop.cache if past is None else model.rewind_cache(past.into(model, loop.cache), lo)
+    positions = positions_from_mask(attention_mask)
+    want = (*strategy.needs, *record)
+    out, cache, extras = model_apply(model, params, input_ids[:, lo:], positions[:, lo:],
+                                     cache, loop.attention_mask, want)
+    trace = empty(record, extras, loop.rows, loop.sequences.shape[1], new_slots,
+                  model.vocab_size)
+    loop = loop.replace(cache=cache, trace=record_outputs(trace, out[:, -1], extras, lo, 0))
+    ctx = loop.context()
+    loop = loop.replace(proc_state=(knobs.processors.init(ctx), knobs.warpers.init(ctx)))
+    if strategy.needs:
+        return strategy.init(model, params, out[:, -1], loop, aux, extras=extras)
+    return strategy.init(model, params, out[:, -1], loop, aux)
 
 
 @partial(jax.jit, static_argnums=0, donate_argnums=2)
-def run_steps(spec: DecodeSpec, params: Any, state: State, n: jax.Array) -> State:
-    """Advance ``state`` by at most ``n`` tokens (stops early when all rows are done)."""
+def run_steps(strategy: Any, params: Any, state: DecodeState, n: jax.Array) -> DecodeState:
+    """Advance ``state`` by at most ``n`` strategy steps (stops when ``running`` is False)."""
+    model = state.loop.model
 
     def cond(carry):
         i, s = carry
-        return (i < n) & is_running(s)
+        return (i < n) & strategy.running(s)
 
     def body(carry):
         i, s = carry
-        return i + 1, _step(spec, params, s)
+        return i + 1, strategy.step(model, params, s)
 
     _, state = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state))
     return state
+
+
+@partial(jax.jit, static_argnums=2)
+def window(sequences: jax.Array, shown: jax.Array, width: int) -> jax.Array:
+    """``sequences[:, shown : shown + width]`` (slots past the end clipped): the only part
+    of the buffer a streaming driver copies to the host after a chunk."""
+    slots = jnp.broadcast_to(shown + jnp.arange(width), (sequences.shape[0], width))
+    return row_take(sequences, slots)

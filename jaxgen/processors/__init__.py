@@ -8,6 +8,7 @@ from jaxgen.processors.base import (
     Stateless,
     apply,
     chain,
+    pytree_dataclass,
     stateless,
 )
 from jaxgen.processors.constraints import (
@@ -46,7 +47,8 @@ from jaxgen.processors.watermark import (
 )
 
 __all__ = [
-    "Chain", "Context", "LogitsProcessor", "Stateless", "apply", "chain", "stateless",
+    "Chain", "Context", "LogitsProcessor", "Stateless", "apply", "chain", "pytree_dataclass",
+    "stateless",
     "ClassifierFreeGuidance", "UnbatchedClassifierFreeGuidance",
     "EncoderNoRepeatNGram", "EncoderRepetitionPenalty", "ExponentialDecayLengthPenalty",
     "ForcedBOSToken", "ForcedEOSToken", "InfNanRemove", "LogitBias", "LogitNormalization",

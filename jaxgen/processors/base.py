@@ -1,12 +1,14 @@
 """The logits-processor protocol (optax-style), ``chain``, ``stateless`` and ``apply``.
 
-A processor is a pytree (``flax.struct.dataclass``) with two methods::
+A processor is a pytree (``pytree_dataclass``) with two methods::
 
     state = proc.init(ctx)                         # before the first step
     logits, state = proc(logits, state, ctx)       # every step, inside the jitted loop
 
 Numbers a user tunes are array leaves (changing them never recompiles); settings that
-change shapes are static fields (``struct.field(pytree_node=False)``).
+change shapes are static fields (``struct.field(pytree_node=False)``). Arguments are
+checked and normalised once, in ``__post_init__`` at construction; rebuilding the
+pytree (jit, ``jax.tree.map``) never runs it again.
 
 Example, a stateless processor from a plain function::
 
@@ -15,8 +17,9 @@ Example, a stateless processor from a plain function::
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -24,38 +27,140 @@ import numpy as np
 from flax import struct
 from jaxtyping import Array, Float, Int
 
+from jaxgen.ops import (  # noqa: F401  (re-exported: the decoding code imports them here)
+    as_column,
+    as_leaf,
+    id_mask,
+    pad_ids,
+    row_index,
+    row_slice,
+    top_k_threshold,
+)
+
+T = TypeVar("T", bound=type)
+
+
+def pytree_dataclass(cls: T) -> T:
+    """``flax.struct.dataclass`` whose pytree unflatten bypasses ``__init__``.
+
+    Construction runs ``__post_init__`` (argument checks, ``as_leaf`` conversions) once;
+    rebuilding from leaves (jit, ``jax.tree.map``, vmap) sets the fields directly, as
+    equinox does, so checks never run again and never see a tracer. Fields marked
+    ``struct.field(pytree_node=False)`` are static (part of the tree structure).
+    ``replace`` is ``dataclasses.replace``: a new construction, checked again.
+    """
+    cls = dataclasses.dataclass(frozen=True)(cls)
+    fields = dataclasses.fields(cls)
+    data = tuple(f.name for f in fields if f.metadata.get("pytree_node", True))
+    meta = tuple(f.name for f in fields if not f.metadata.get("pytree_node", True))
+    keys = tuple(jax.tree_util.GetAttrKey(n) for n in data)
+
+    def flatten_with_keys(x):
+        return ([(k, getattr(x, n)) for k, n in zip(keys, data, strict=True)],
+                tuple(getattr(x, n) for n in meta))
+
+    def flatten(x):
+        return [getattr(x, n) for n in data], tuple(getattr(x, n) for n in meta)
+
+    def unflatten(aux, children):
+        obj = object.__new__(cls)
+        for n, v in zip(data, children, strict=True):
+            object.__setattr__(obj, n, v)
+        for n, v in zip(meta, aux, strict=True):
+            object.__setattr__(obj, n, v)
+        return obj
+
+    def replace(self, **changes):
+        """A copy with ``changes`` (constructed, so checked, again)."""
+        return dataclasses.replace(self, **changes)
+
+    jax.tree_util.register_pytree_with_keys(cls, flatten_with_keys, unflatten, flatten)
+    cls.replace = replace
+    return cls
+
 
 @struct.dataclass
 class Context:
     """What a processor sees: the fixed-shape token buffer and where we are in it.
 
-    sequences: [batch, buffer] int32. Slots ``start .. cur - 1`` hold the caller's
+    sequences: [rows, buffer] int32. Slots ``start .. cur - 1`` hold the caller's
         (left-padded) prompt followed by the tokens generated so far; slots before
         ``start`` are bucket padding, slots from ``cur`` on are not written yet.
-    attention_mask: [batch, buffer] int32, 1 on real tokens.
-    cur: int32 scalar, the slot whose token is being chosen now.
-    start: int32 scalar, the slot where the caller's ``input_ids`` begin.
+    attention_mask: [rows, buffer] int32, 1 on real tokens.
+    cur: int32, the slot whose token is being chosen now: a scalar (one cursor for the
+        batch) or a ``[rows]`` vector (a cursor per row: speculative decoding, where rows
+        accept different numbers of tokens, and the continuous-batching engine).
+    start: int32 scalar or ``[rows]``, the slot where the caller's ``input_ids`` begin.
     elapsed: float32 scalar, wall-clock seconds since generation started, as measured by
         the host driver before the current chunk of steps (0 within ``generate`` unless a
         time limit or a chunked driver is in use).
+
+    Per-row views, for code that must work with either kind of cursor (a scalar stays a
+    scalar, so the one-cursor path does no extra work): ``cur_rows`` / ``start_rows``
+    (always ``[rows]``), ``cur_col`` / ``start_col`` / ``cur_len_col`` (scalar or
+    ``[rows, 1]``, to compare with slot indices ``[buffer]`` or broadcast against
+    ``[rows, vocab]``), ``last_tokens`` and ``tail(n)`` (per-row gathers when ``cur`` is
+    a vector).
     """
 
-    sequences: Int[Array, "batch buffer"]
-    attention_mask: Int[Array, "batch buffer"]
-    cur: Int[Array, ""]
-    start: Int[Array, ""]
+    sequences: Int[Array, "rows buffer"]
+    attention_mask: Int[Array, "rows buffer"]
+    cur: Int[Array, "*rows"]
+    start: Int[Array, "*rows"]
     elapsed: Float[Array, ""] = np.float32(0.0)
 
     @property
-    def cur_len(self) -> Int[Array, ""]:
-        """transformers' ``input_ids.shape[-1]`` at this step."""
+    def rows(self) -> int:
+        return self.sequences.shape[0]
+
+    @property
+    def cur_len(self) -> Int[Array, "*rows"]:
+        """transformers' ``input_ids.shape[-1]`` at this step (scalar or ``[rows]``)."""
         return self.cur - self.start
 
     @property
-    def last_tokens(self) -> Int[Array, " batch"]:
+    def cur_rows(self) -> Int[Array, " rows"]:
+        """``cur`` as a ``[rows]`` vector."""
+        return jnp.broadcast_to(jnp.asarray(self.cur, jnp.int32), (self.rows,))
+
+    @property
+    def start_rows(self) -> Int[Array, " rows"]:
+        """``start`` as a ``[rows]`` vector."""
+        return jnp.broadcast_to(jnp.asarray(self.start, jnp.int32), (self.rows,))
+
+    @property
+    def cur_col(self) -> Int[Array, "*rows 1"]:
+        """``cur`` as a scalar or ``[rows, 1]`` (``slots < ctx.cur_col`` is per row)."""
+        return as_column(self.cur)
+
+    @property
+    def start_col(self) -> Int[Array, "*rows 1"]:
+        """``start`` as a scalar or ``[rows, 1]``."""
+        return as_column(self.start)
+
+    @property
+    def cur_len_col(self) -> Int[Array, "*rows 1"]:
+        """``cur_len`` as a scalar or ``[rows, 1]`` (broadcasts against ``[rows, vocab]``)."""
+        return as_column(self.cur_len)
+
+    @property
+    def last_tokens(self) -> Int[Array, " rows"]:
         """The most recent token of every row (slot ``cur - 1``)."""
-        return jax.lax.dynamic_index_in_dim(self.sequences, self.cur - 1, axis=1,
-                                            keepdims=False)
+        return row_index(self.sequences, self.cur - 1)
+
+    def tail(self, n: int, of: Any = None, fill: int = -1) -> Int[Array, "rows n"]:
+        """Slots ``cur - n .. cur - 1`` of ``of`` (default ``sequences``) per row.
+
+        Like ``lax.dynamic_slice`` the window is clamped into the buffer (it starts at
+        slot 0 while ``cur < n``); a buffer shorter than ``n`` is padded on the left
+        with ``fill``.
+        """
+        x = self.sequences if of is None else of
+        cur = self.cur
+        if x.shape[1] < n:
+            extra = n - x.shape[1]
+            x, cur = jnp.pad(x, ((0, 0), (extra, 0)), constant_values=fill), cur + extra
+        return row_slice(x, cur - n, n)
 
     @classmethod
     def from_input_ids(cls, input_ids: Any, attention_mask: Any = None) -> Context:
@@ -68,7 +173,8 @@ class Context:
 
 
 class LogitsProcessor:
-    """Base class. Subclasses are ``flax.struct.dataclass`` pytrees.
+    """Base class. Subclasses are ``pytree_dataclass`` (or ``flax.struct.dataclass``)
+    pytrees.
 
     ``is_warper``: a sampling warper (temperature, top-k, top-p, ...) that only looks at
     the multiset of values in a row, never at token ids, so the sampler may run it on
@@ -91,7 +197,7 @@ class LogitsProcessor:
         raise NotImplementedError
 
 
-@struct.dataclass
+@pytree_dataclass
 class Chain(LogitsProcessor):
     """Processors applied in order; the state is the tuple of their states."""
 
@@ -124,7 +230,7 @@ def chain(*processors: Any) -> Chain:
     return Chain(tuple(flat))
 
 
-@struct.dataclass
+@pytree_dataclass
 class Stateless(LogitsProcessor):
     """A processor from a jittable ``fn(logits, ctx) -> logits`` (see ``stateless``)."""
 
@@ -154,46 +260,6 @@ def _check_processor(p: Any) -> None:
             f"logits_processor entries must be jaxgen processors (with init() and "
             f"__call__(logits, state, ctx)), got {type(p).__name__}; wrap a plain function "
             f"with jaxgen.processors.stateless(fn)")
-
-
-# --- helpers shared by processors -------------------------------------------------------
-
-def as_leaf(x: Any, dtype: Any) -> Any:
-    """Normalise a Python/numpy number to a fixed-dtype array leaf; leave others alone.
-
-    Python floats, numpy scalars and weak-typed arrays are different jit cache keys, so
-    processors normalise their numbers here (see PERF_NOTES: recompiles from types).
-    """
-    if isinstance(x, (bool, int, float, np.number, np.ndarray, list, tuple)):
-        return np.asarray(x, dtype)
-    return x
-
-
-def pad_ids(ids: Any, size: int | None = None) -> np.ndarray:
-    """Token ids as an int32 vector padded with -1 to a power-of-two length (min 4).
-
-    A fixed length keeps e.g. a changed eos set from recompiling.
-    """
-    if ids is None:
-        ids = []
-    arr = np.asarray(ids, np.int32).reshape(-1)
-    n = size or max(4, 1 << max(0, int(len(arr)) - 1).bit_length())
-    out = np.full((n,), -1, np.int32)
-    out[: len(arr)] = arr
-    return out
-
-
-def id_mask(ids: Int[Array, " n"], vocab: int) -> Array:
-    """Boolean [vocab] mask of the ids in ``ids`` (entries < 0 are padding)."""
-    return (jnp.arange(vocab, dtype=jnp.int32)[None, :] == ids[:, None]).any(axis=0)
-
-
-def top_k_threshold(logits: Float[Array, "batch n"], k: Any, k_max: int) -> Array:
-    """The k-th largest value per row, ``[batch, 1]`` (k traced, k <= k_max static)."""
-    vals = jax.lax.top_k(logits, min(k_max, logits.shape[-1]))[0]
-    k = jnp.clip(k, 1, vals.shape[-1])
-    return jnp.take_along_axis(vals, jnp.broadcast_to(k - 1, vals.shape[:-1])[..., None],
-                               axis=-1)
 
 
 def processors_of(procs: Sequence[Any] | None) -> list[Any]:

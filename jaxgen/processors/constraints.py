@@ -4,7 +4,9 @@ Length constraints on the eos set (MinLength, MinNewTokensLength), forced tokens
 (ForcedBOSToken, ForcedEOSToken), suppression (SuppressTokens, SuppressTokensAtBegin),
 allowed-token masks (PrefixConstrained) and score hygiene (InfNanRemove,
 LogitNormalization). Token ids are ``pad_ids`` vectors (padded with -1) and positions
-are int32 leaves, so changing them never recompiles.
+are int32 leaves, so changing them never recompiles. Lengths (``min_length``,
+``min_new_tokens``, ...) may be one per row (``[rows]``), and every processor works with
+a per-row ``ctx.cur`` / ``ctx.start``.
 """
 
 from __future__ import annotations
@@ -18,105 +20,130 @@ import numpy as np
 from flax import struct
 from jaxtyping import Array, Bool, Int
 
-from jaxgen.processors.base import Context, LogitsProcessor, as_leaf, id_mask, pad_ids
-
-NEG_INF = -float("inf")
-
-
-def _eos_leaf(eos_token_id: Any) -> Any:
-    if isinstance(eos_token_id, (int, list, tuple)):
-        ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
-        if any(not isinstance(i, int) or i < 0 for i in ids):
-            raise ValueError(f"eos_token_id must be non-negative ints, got {eos_token_id!r}")
-        return pad_ids(ids)
-    return eos_token_id
-
-
-def _check_count(name: str, value: Any) -> None:
-    if isinstance(value, bool) or (isinstance(value, int) and value < 0):
-        raise ValueError(f"{name} must be an int >= 0, got {value!r}")
+from jaxgen.ops import (
+    NEG_INF,
+    as_column,
+    as_leaf,
+    check_int,
+    check_number,
+    eos_ids,
+    id_mask,
+    pad_ids,
+    set_leaves,
+    token_mask,
+)
+from jaxgen.processors.base import Context, LogitsProcessor, pytree_dataclass
 
 
-@struct.dataclass
+def _ids_leaf(name: str, ids: Any, *, none_ok: bool = False, required: bool = False) -> Any:
+    """Token ids (an int; a list, tuple, set or range of them; numpy; torch) -> a
+    ``pad_ids`` vector; jax arrays pass through. ``none_ok``: None is no id;
+    ``required``: at least one id."""
+    if isinstance(ids, jax.Array):
+        return ids
+    if (ids is None and not none_ok) or isinstance(ids, (bool, float, str)):
+        raise ValueError(f"{name} must be a token id or a list of token ids, got {ids!r}")
+    parsed = eos_ids(sorted(ids) if isinstance(ids, (set, frozenset, range)) else ids, name)
+    if required and not parsed:
+        raise ValueError(f"{name} is required")
+    return pad_ids(parsed)
+
+
+def _ban(logits: Array, ids: Any, when: Any) -> Array:
+    """-inf on ``ids`` in the rows where ``when`` (a scalar or ``[rows]`` bool)."""
+    ban = id_mask(jnp.asarray(ids, jnp.int32), logits.shape[-1])[None, :] & as_column(when)
+    return jnp.where(ban, NEG_INF, logits)
+
+
+def _force(logits: Array, ids: Int[Array, " n"], when: Any) -> Array:
+    """Where ``when`` (scalar or ``[rows]``): the row becomes -inf except 0 at ``ids``."""
+    forced = jnp.where(id_mask(ids, logits.shape[-1]), 0.0, NEG_INF).astype(logits.dtype)
+    return jnp.where(as_column(when), forced[None, :], logits)
+
+
+# --- length -----------------------------------------------------------------------------
+
+@pytree_dataclass
 class MinLength(LogitsProcessor):
-    """Forbid eos while the sequence (prompt included) is shorter than ``min_length``."""
+    """Forbid eos while the sequence (prompt included) is shorter than ``min_length``
+    (an int, or one per row)."""
 
     min_length: Any = 0
     eos_token_id: Any = ()
 
     def __post_init__(self):
-        _check_count("MinLength.min_length", self.min_length)
-        object.__setattr__(self, "min_length", as_leaf(self.min_length, jnp.int32))
-        object.__setattr__(self, "eos_token_id", _eos_leaf(self.eos_token_id))
+        check_int("MinLength.min_length", self.min_length)
+        set_leaves(self, jnp.int32, "min_length")
+        object.__setattr__(self, "eos_token_id",
+                           _ids_leaf("MinLength.eos_token_id", self.eos_token_id, none_ok=True))
 
     def __call__(self, logits, state, ctx):
-        ban = id_mask(jnp.asarray(self.eos_token_id), logits.shape[-1]) & (
-            ctx.cur_len < self.min_length)
-        return jnp.where(ban[None, :], NEG_INF, logits), state
+        return _ban(logits, self.eos_token_id, ctx.cur_len < self.min_length), state
 
 
-@struct.dataclass
+@pytree_dataclass
 class MinNewTokensLength(LogitsProcessor):
-    """Forbid eos until ``min_new_tokens`` tokens follow the first ``prompt_length_to_skip``."""
+    """Forbid eos until ``min_new_tokens`` tokens follow the first ``prompt_length_to_skip``
+    (ints, or one per row)."""
 
     prompt_length_to_skip: Any = 0
     min_new_tokens: Any = 0
     eos_token_id: Any = ()
 
     def __post_init__(self):
-        _check_count("MinNewTokensLength.prompt_length_to_skip", self.prompt_length_to_skip)
-        _check_count("MinNewTokensLength.min_new_tokens", self.min_new_tokens)
-        object.__setattr__(self, "prompt_length_to_skip",
-                           as_leaf(self.prompt_length_to_skip, jnp.int32))
-        object.__setattr__(self, "min_new_tokens", as_leaf(self.min_new_tokens, jnp.int32))
-        object.__setattr__(self, "eos_token_id", _eos_leaf(self.eos_token_id))
+        check_int("MinNewTokensLength.prompt_length_to_skip", self.prompt_length_to_skip)
+        check_int("MinNewTokensLength.min_new_tokens", self.min_new_tokens)
+        set_leaves(self, jnp.int32, "prompt_length_to_skip", "min_new_tokens")
+        object.__setattr__(self, "eos_token_id",
+                           _ids_leaf("MinNewTokensLength.eos_token_id", self.eos_token_id,
+                                     none_ok=True))
 
     def __call__(self, logits, state, ctx):
         new_tokens = ctx.cur_len - self.prompt_length_to_skip
-        ban = id_mask(jnp.asarray(self.eos_token_id), logits.shape[-1]) & (
-            new_tokens < self.min_new_tokens)
-        return jnp.where(ban[None, :], NEG_INF, logits), state
+        return _ban(logits, self.eos_token_id, new_tokens < self.min_new_tokens), state
 
 
-# --- helpers ----------------------------------------------------------------------------
+@pytree_dataclass
+class ExponentialDecayLengthPenalty(LogitsProcessor):
+    """After ``start_index`` new tokens, raise the eos logits exponentially:
+    ``eos += |eos| * (decay_factor ** (cur_len - start) - 1)`` with
+    ``start = start_index + input_ids_seq_length`` and
+    ``exponential_decay_length_penalty = (start_index, decay_factor)``."""
 
-_ID_CONTAINERS = (list, tuple, set, frozenset, range)
+    exponential_decay_length_penalty: Any
+    eos_token_id: Any
+    input_ids_seq_length: Any
 
+    def __post_init__(self):
+        name = "ExponentialDecayLengthPenalty"
+        pen = self.exponential_decay_length_penalty
+        if not isinstance(pen, (tuple, list)) or len(pen) != 2:
+            raise ValueError(f"{name}.exponential_decay_length_penalty must be "
+                             f"(start_index, decay_factor), got {pen!r}")
+        check_int(f"{name}.exponential_decay_length_penalty[0] (start_index)", pen[0],
+                  per_row=False)
+        check_number(f"{name}.exponential_decay_length_penalty[1] (decay_factor)", pen[1],
+                     np.isfinite, "a finite number", per_row=False)
+        object.__setattr__(self, "exponential_decay_length_penalty",
+                           (as_leaf(pen[0], jnp.int32), as_leaf(pen[1], jnp.float32)))
+        object.__setattr__(self, "eos_token_id",
+                           _ids_leaf(f"{name}.eos_token_id", self.eos_token_id, none_ok=True,
+                                     required=True))
+        check_int(f"{name}.input_ids_seq_length", self.input_ids_seq_length)
+        set_leaves(self, jnp.int32, "input_ids_seq_length")
 
-def _is_int(x: Any) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-
-
-def _check_int(name: str, value: Any, minimum: int = 0) -> None:
-    """Validate a Python/numpy scalar; arrays and tracers (pytree unflatten) pass through."""
-    if value is None or isinstance(value, (bool, float, str)) or (
-            _is_int(value) and value < minimum):
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-
-
-def _ids_leaf(name: str, ids: Any) -> Any:
-    """An int or an iterable of ints -> ``pad_ids`` vector; arrays/tracers pass through."""
-    if _is_int(ids):
-        ids = [ids]
-    if isinstance(ids, _ID_CONTAINERS):
-        ids = list(ids)
-        if any(not _is_int(i) or i < 0 for i in ids):
-            raise ValueError(f"{name} must be non-negative token ids, got {ids!r}")
-        return pad_ids(ids)
-    if isinstance(ids, (bool, float, str)) or ids is None:
-        raise ValueError(f"{name} must be a token id or a list of token ids, got {ids!r}")
-    return ids
-
-
-def _force(logits: Array, ids: Int[Array, " n"], when: Any) -> Array:
-    """Where ``when``: every row becomes -inf except 0 at ``ids``; else ``logits``."""
-    forced = jnp.where(id_mask(ids, logits.shape[-1]), 0.0, NEG_INF).astype(logits.dtype)
-    return jnp.where(when, forced[None, :], logits)
+    def __call__(self, logits, state, ctx):
+        start_index, factor = self.exponential_decay_length_penalty
+        idx = as_column(ctx.cur_len - (start_index + self.input_ids_seq_length))
+        scale = jnp.power(factor, idx.astype(jnp.float32)) - 1.0
+        eos = id_mask(jnp.asarray(self.eos_token_id), logits.shape[-1])[None, :]
+        hit = eos & (idx > 0) & jnp.isfinite(logits)
+        return jnp.where(hit, logits + jnp.abs(logits) * scale, logits), state
 
 
 # --- forced tokens ----------------------------------------------------------------------
 
-@struct.dataclass
+@pytree_dataclass
 class ForcedBOSToken(LogitsProcessor):
     """At the first step (``cur_len == 1``) force ``bos_token_id``: its score becomes 0
     and every other one -inf. Other steps are unchanged."""
@@ -124,15 +151,15 @@ class ForcedBOSToken(LogitsProcessor):
     bos_token_id: Any
 
     def __post_init__(self):
-        _check_int("ForcedBOSToken.bos_token_id", self.bos_token_id)
-        object.__setattr__(self, "bos_token_id", as_leaf(self.bos_token_id, jnp.int32))
+        check_int("ForcedBOSToken.bos_token_id", self.bos_token_id, per_row=False)
+        set_leaves(self, jnp.int32, "bos_token_id")
 
     def __call__(self, logits, state, ctx):
         ids = jnp.reshape(jnp.asarray(self.bos_token_id, jnp.int32), (1,))
         return _force(logits, ids, ctx.cur_len == 1), state
 
 
-@struct.dataclass
+@pytree_dataclass
 class ForcedEOSToken(LogitsProcessor):
     """When ``cur_len == max_length - 1`` force an eos token: the ``eos_token_id`` scores
     (one id or several) become 0 and every other one -inf."""
@@ -141,8 +168,8 @@ class ForcedEOSToken(LogitsProcessor):
     eos_token_id: Any
 
     def __post_init__(self):
-        _check_int("ForcedEOSToken.max_length", self.max_length)
-        object.__setattr__(self, "max_length", as_leaf(self.max_length, jnp.int32))
+        check_int("ForcedEOSToken.max_length", self.max_length)
+        set_leaves(self, jnp.int32, "max_length")
         object.__setattr__(self, "eos_token_id",
                            _ids_leaf("ForcedEOSToken.eos_token_id", self.eos_token_id))
 
@@ -153,7 +180,7 @@ class ForcedEOSToken(LogitsProcessor):
 
 # --- suppression ------------------------------------------------------------------------
 
-@struct.dataclass
+@pytree_dataclass
 class SuppressTokens(LogitsProcessor):
     """Set the scores of ``suppress_tokens`` to -inf at every step (ids outside the
     vocabulary are ignored, as in transformers)."""
@@ -169,7 +196,7 @@ class SuppressTokens(LogitsProcessor):
         return jnp.where(ban[None, :], NEG_INF, logits), state
 
 
-@struct.dataclass
+@pytree_dataclass
 class SuppressTokensAtBegin(LogitsProcessor):
     """Set the scores of ``begin_suppress_tokens`` to -inf at the one step where
     ``cur_len == begin_index`` (transformers' ``input_ids.shape[-1]``)."""
@@ -181,22 +208,21 @@ class SuppressTokensAtBegin(LogitsProcessor):
         object.__setattr__(self, "begin_suppress_tokens",
                            _ids_leaf("SuppressTokensAtBegin.begin_suppress_tokens",
                                      self.begin_suppress_tokens))
-        _check_int("SuppressTokensAtBegin.begin_index", self.begin_index)
-        object.__setattr__(self, "begin_index", as_leaf(self.begin_index, jnp.int32))
+        check_int("SuppressTokensAtBegin.begin_index", self.begin_index)
+        set_leaves(self, jnp.int32, "begin_index")
 
     def set_begin_index(self, begin_index: Any) -> SuppressTokensAtBegin:
         """A copy with another ``begin_index`` (transformers mutates in place)."""
         return self.replace(begin_index=begin_index)
 
     def __call__(self, logits, state, ctx):
-        ban = id_mask(jnp.asarray(self.begin_suppress_tokens, jnp.int32), logits.shape[-1])
-        ban = ban[None, :] & (ctx.cur_len == self.begin_index)
-        return jnp.where(ban, NEG_INF, logits), state
+        return _ban(logits, self.begin_suppress_tokens,
+                        ctx.cur_len == self.begin_index), state
 
 
 # --- score hygiene ----------------------------------------------------------------------
 
-@struct.dataclass
+@pytree_dataclass
 class InfNanRemove(LogitsProcessor):
     """NaN -> 0, +inf -> ``finfo(dtype).max``, -inf -> ``finfo(dtype).min`` (so generation
     never sees non-finite scores). Apply it last if you use it."""
@@ -209,7 +235,7 @@ class InfNanRemove(LogitsProcessor):
         return out, state
 
 
-@struct.dataclass
+@pytree_dataclass
 class LogitNormalization(LogitsProcessor):
     """``log_softmax`` over the vocabulary; transformers applies it last, after the
     sampling warpers, when ``renormalize_logits=True``."""
@@ -223,7 +249,7 @@ class LogitNormalization(LogitsProcessor):
 AllowedTokensFn = Callable[[Int[Array, " rows"], Context], Bool[Array, "rows vocab"]]
 
 
-@struct.dataclass
+@pytree_dataclass
 class PrefixConstrained(LogitsProcessor):
     """Only allow the tokens ``prefix_allowed_tokens_fn`` allows; rows are grouped by
     ``num_beams`` like transformers (row ``r`` belongs to batch item ``r // num_beams``).
@@ -263,9 +289,7 @@ class PrefixConstrained(LogitsProcessor):
         if fn is None and self.allowed_ids is None:
             raise ValueError("PrefixConstrained.prefix_allowed_tokens_fn is required "
                              "(or use PrefixConstrained.from_token_lists)")
-        if not _is_int(self.num_beams) or self.num_beams < 1:
-            raise ValueError(f"PrefixConstrained.num_beams must be an int >= 1, "
-                             f"got {self.num_beams!r}")
+        check_int("PrefixConstrained.num_beams", self.num_beams, 1, static=True)
 
     @classmethod
     def from_token_lists(cls, table: Sequence[Iterable[int]],
@@ -293,10 +317,7 @@ class PrefixConstrained(LogitsProcessor):
         if table.shape[0] < batch_id.shape[0] // self.num_beams:
             raise ValueError(f"PrefixConstrained: the table has {table.shape[0]} batch items, "
                              f"the logits {batch_id.shape[0] // self.num_beams}")
-        ids = table[batch_id]                                   # [rows, n]
-        ids = jnp.where(ids < 0, vocab, ids)                    # padding -> dropped
-        rows = jnp.arange(ids.shape[0])[:, None]
-        return jnp.zeros((ids.shape[0], vocab), bool).at[rows, ids].set(True, mode="drop")
+        return token_mask(table[batch_id], vocab)               # [rows, n] -> [rows, vocab]
 
     def __call__(self, logits, state, ctx):
         rows, vocab = logits.shape

@@ -24,10 +24,11 @@ from flax import struct
 from jaxtyping import Array, Bool, Float, Int
 
 from jaxgen.models.base import positions_from_mask
-from jaxgen.processors.base import Context, LogitsProcessor, as_leaf
+from jaxgen.ops import check_number, set_leaves
+from jaxgen.processors.base import Context, LogitsProcessor, pytree_dataclass
 
 
-@struct.dataclass
+@pytree_dataclass
 class ClassifierFreeGuidance(LogitsProcessor):
     """``uncond + guidance_scale * (cond - uncond)`` on the two halves of the rows.
 
@@ -39,11 +40,9 @@ class ClassifierFreeGuidance(LogitsProcessor):
     guidance_scale: Any
 
     def __post_init__(self):
-        g = self.guidance_scale
-        if g is None or isinstance(g, (bool, str)) or (
-                isinstance(g, (int, float, np.number)) and not g > 1):
-            raise ValueError(f"ClassifierFreeGuidance.guidance_scale must be > 1, got {g!r}")
-        object.__setattr__(self, "guidance_scale", as_leaf(g, jnp.float32))
+        check_number("ClassifierFreeGuidance.guidance_scale", self.guidance_scale,
+                     lambda v: v > 1, "> 1", per_row=False)
+        set_leaves(self, jnp.float32, "guidance_scale")
 
     def __call__(self, logits: Float[Array, "rows2 vocab"], state: Any,
                  ctx: Context) -> tuple[Float[Array, "batch vocab"], Any]:
@@ -69,7 +68,7 @@ class UnconditionalState:
     first: Bool[Array, ""]               # no step taken yet (feed ``pending``)
 
 
-@struct.dataclass
+@pytree_dataclass
 class UnbatchedClassifierFreeGuidance(LogitsProcessor):
     """Guidance against the model's own prediction for an unconditional prompt.
 
@@ -79,10 +78,11 @@ class UnbatchedClassifierFreeGuidance(LogitsProcessor):
         default) uses the last token of each row's prompt.
     unconditional_attention_mask: ``[rows or 1, u]``; None means all ones.
 
-    The cache holds ``u + (buffer - cur)`` slots when ``ctx.cur`` is concrete at ``init``;
-    inside a jitted loop (traced ``cur``) it holds ``u + buffer - 1``, enough for any
-    start. Positions come from the unconditional mask (``cumsum - 1``), as in jaxgen's
-    decoding, so left padding does not shift them.
+    The cache holds ``u + (buffer - cur)`` slots when ``ctx.cur`` is concrete at ``init``
+    (the smallest ``cur`` when it is per row); inside a jitted loop (traced ``cur``) it
+    holds ``u + buffer - 1``, enough for any start. Every call feeds one token per row,
+    whatever the rows' cursors. Positions come from the unconditional mask
+    (``cumsum - 1``), as in jaxgen's decoding, so left padding does not shift them.
     """
 
     guidance_scale: Any
@@ -92,11 +92,9 @@ class UnbatchedClassifierFreeGuidance(LogitsProcessor):
     unconditional_attention_mask: Int[Array, "rows u"] | None = None
 
     def __post_init__(self):
-        g = self.guidance_scale
-        if g is None or isinstance(g, (bool, str)):
-            raise ValueError(f"UnbatchedClassifierFreeGuidance.guidance_scale must be a "
-                             f"number, got {g!r}")
-        object.__setattr__(self, "guidance_scale", as_leaf(g, jnp.float32))
+        check_number("UnbatchedClassifierFreeGuidance.guidance_scale", self.guidance_scale,
+                     np.isfinite, "a number", per_row=False)
+        set_leaves(self, jnp.float32, "guidance_scale")
         if not (hasattr(self.model, "apply") and hasattr(self.model, "init_cache")):
             raise ValueError("UnbatchedClassifierFreeGuidance.model must be a jaxgen CausalLM "
                              f"(init_cache and apply), got {type(self.model).__name__}")
@@ -139,7 +137,7 @@ class UnbatchedClassifierFreeGuidance(LogitsProcessor):
         rows, u = ids.shape
         buffer = ctx.sequences.shape[1]
         try:
-            left = buffer - int(ctx.cur)                        # steps still to come
+            left = buffer - int(jnp.min(ctx.cur))               # steps still to come
         except jax.errors.ConcretizationTypeError:
             left = buffer - 1                                   # cur >= 1 always
         length = u + max(left, 1)

@@ -5,6 +5,10 @@ All of them are ``is_warper``: they only look at the multiset of values within a
 them on the top-k candidates (``[batch, k_max]``) instead of the whole vocabulary.
 Used on full rows (``apply``, ``output_scores``) they match transformers. Where
 transformers breaks ties by sort position, these keep every token tied at the cut.
+
+Every number (``temperature``, ``top_k``, ``top_p``, ...) is a scalar for the whole
+batch or a ``[rows]`` array, one value per row (the continuous-batching engine gives
+every request its own); a scalar takes the same code path as before.
 """
 
 from __future__ import annotations
@@ -13,28 +17,64 @@ from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 from jaxtyping import Array, Bool, Float
 
-from jaxgen.processors.base import LogitsProcessor, as_leaf, top_k_threshold
+from jaxgen.ops import (
+    NEG_INF,
+    as_column,
+    as_leaf,
+    bucket,
+    check_int,
+    check_number,
+    is_host_value,
+    kth_value,
+    set_leaves,
+    top_k_threshold,
+)
+from jaxgen.processors.base import LogitsProcessor, pytree_dataclass
 
-NEG_INF = -float("inf")
+__all__ = ["NEG_INF", "Epsilon", "Eta", "MinP", "Temperature", "TopH", "TopK", "TopP",
+           "Typical", "bucket_k"]
+
 # Rows up to this width are sorted exactly (transformers' algorithm); wider rows use a
 # threshold search, since a full-vocabulary sort is very slow on XLA:CPU.
 _SORT_MAX = 1024
 
 
-def _check(name: str, value: Any, ok: bool, allowed: str) -> None:
-    if isinstance(value, (int, float)) and not ok:
-        raise ValueError(f"{name} must be {allowed}, got {value!r}")
-
-
 def bucket_k(k: int) -> int:
     """Static top-k width for a traced k: the next power of two, at least 64."""
-    return max(64, 1 << max(0, int(k) - 1).bit_length())
+    return bucket(k, 64)
 
 
-@struct.dataclass
+def _check_min_keep(name: str, value: Any) -> None:
+    check_int(f"{name}.min_tokens_to_keep", value, 1, static=True)
+
+
+def _setup(proc: Any, field: str, lo_open: bool, hi_open: bool) -> None:
+    """``__post_init__`` of a probability-cut warper: check ``proc.<field>`` (in [0, 1],
+    ends as given; a scalar or one per row) and ``min_tokens_to_keep`` when the warper
+    has one, then store the number as a float32 leaf."""
+    name, value = type(proc).__name__, getattr(proc, field)
+    lo, hi = "(" if lo_open else "[", ")" if hi_open else "]"
+    check_number(f"{name}.{field}", value,
+                 lambda v: ((v > 0) if lo_open else (v >= 0)) & ((v < 1) if hi_open else (v <= 1)),
+                 f"a float in {lo}0, 1{hi}")
+    if hasattr(proc, "min_tokens_to_keep"):
+        _check_min_keep(name, proc.min_tokens_to_keep)
+    object.__setattr__(proc, field, as_leaf(value, jnp.float32))
+
+
+def _cut(logits: Float[Array, "batch n"], number: Any, min_keep: int, sort: Any,
+         search: Any, filter_value: float) -> Float[Array, "batch n"]:
+    """Keep what ``sort(logits, number, min_keep)`` keeps on rows up to 1024 wide (an
+    exact sort) or ``search(...)`` on wider ones (no sort); ``filter_value`` elsewhere."""
+    fn = sort if logits.shape[-1] <= _SORT_MAX else search
+    return jnp.where(fn(logits, as_column(number), min_keep), logits, filter_value)
+
+
+@pytree_dataclass
 class Temperature(LogitsProcessor):
     """``logits / temperature``."""
 
@@ -42,21 +82,21 @@ class Temperature(LogitsProcessor):
     is_warper: ClassVar[bool] = True
 
     def __post_init__(self):
-        t = self.temperature
-        _check("Temperature.temperature", t,
-               isinstance(t, (int, float)) and t > 0, "a float > 0")
-        object.__setattr__(self, "temperature", as_leaf(t, jnp.float32))
+        check_number("Temperature.temperature", self.temperature, lambda v: v > 0,
+                     "a float > 0")
+        set_leaves(self, jnp.float32, "temperature")
 
     def __call__(self, logits, state, ctx):
-        return logits / self.temperature, state
+        return logits / as_column(self.temperature), state
 
 
-@struct.dataclass
+@pytree_dataclass
 class TopK(LogitsProcessor):
     """Keep the ``top_k`` largest logits per row (ties at the k-th value kept).
 
-    ``top_k`` is traced; ``k_max`` (static, default the next power of two >= top_k,
-    at least 64) bounds it, so changing top_k within that bound does not recompile.
+    ``top_k`` is traced (a scalar or one per row); ``k_max`` (static, default the next
+    power of two >= the largest top_k, at least 64) bounds it, so changing top_k within
+    that bound does not recompile.
     """
 
     top_k: Any = 50
@@ -67,13 +107,13 @@ class TopK(LogitsProcessor):
 
     def __post_init__(self):
         k = self.top_k
-        _check("TopK.top_k", k, isinstance(k, int) and k > 0, "a positive int")
-        _check("TopK.min_tokens_to_keep", self.min_tokens_to_keep,
-               self.min_tokens_to_keep >= 1, "an int >= 1")
-        if self.k_max is None and isinstance(k, int):
-            object.__setattr__(self, "k_max", bucket_k(max(k, self.min_tokens_to_keep)))
+        check_number("TopK.top_k", k, lambda v: v > 0, "a positive int", integer=True)
+        _check_min_keep("TopK", self.min_tokens_to_keep)
+        if self.k_max is None and is_host_value(k):
+            largest = int(np.max(k)) if np.size(k) else 1
+            object.__setattr__(self, "k_max", bucket_k(max(largest, self.min_tokens_to_keep)))
         elif self.k_max is None:
-            raise ValueError("TopK.k_max must be given when top_k is an array")
+            raise ValueError("TopK.k_max must be given when top_k is a jax array")
         object.__setattr__(self, "top_k", as_leaf(k, jnp.int32))
 
     def effective_k(self) -> Any:
@@ -89,12 +129,11 @@ class TopK(LogitsProcessor):
         values: [batch, k_max] sorted descending; ids: [batch, k_max] int32.
         """
         vals, ids = jax.lax.top_k(logits, min(self.k_max, logits.shape[-1]))
-        k = jnp.clip(self.effective_k(), 1, vals.shape[-1])
-        thr = vals[:, k - 1][:, None]
+        thr = kth_value(vals, self.effective_k())
         return jnp.where(vals < thr, self.filter_value, vals), ids.astype(jnp.int32)
 
 
-@struct.dataclass
+@pytree_dataclass
 class TopP(LogitsProcessor):
     """Nucleus filtering: keep the smallest set of best tokens whose mass reaches top_p."""
 
@@ -104,23 +143,16 @@ class TopP(LogitsProcessor):
     is_warper: ClassVar[bool] = True
 
     def __post_init__(self):
-        p = self.top_p
-        _check("TopP.top_p", p, isinstance(p, (int, float)) and 0.0 <= p <= 1.0,
-               "a float in [0, 1]")
-        _check("TopP.min_tokens_to_keep", self.min_tokens_to_keep,
-               self.min_tokens_to_keep >= 1, "an int >= 1")
-        object.__setattr__(self, "top_p", as_leaf(p, jnp.float32))
+        _setup(self, "top_p", lo_open=False, hi_open=False)
 
     def __call__(self, logits, state, ctx):
-        if logits.shape[-1] <= _SORT_MAX:
-            keep = _top_p_keep_sorted(logits, self.top_p, self.min_tokens_to_keep)
-        else:
-            keep = _top_p_keep_search(logits, self.top_p, self.min_tokens_to_keep)
-        return jnp.where(keep, logits, self.filter_value), state
+        return _cut(logits, self.top_p, self.min_tokens_to_keep, _top_p_keep_sorted,
+                    _top_p_keep_search, self.filter_value), state
 
 
 def _top_p_keep_sorted(logits, top_p, min_keep):
-    """transformers' rule on an ascending sort: drop where cumsum(probs) <= 1 - top_p."""
+    """transformers' rule on an ascending sort: drop where cumsum(probs) <= 1 - top_p
+    (``top_p``: a scalar or ``[batch, 1]``, as for the other ``_keep`` functions)."""
     order = jnp.argsort(logits, axis=-1)                        # ascending, stable
     sorted_logits = jnp.take_along_axis(logits, order, axis=-1)
     cum = jnp.cumsum(jax.nn.softmax(sorted_logits, axis=-1), axis=-1)
@@ -156,7 +188,7 @@ def _top_p_keep_search(logits, top_p, min_keep, iters: int = 40):
     return keep | (probs >= jnp.max(probs, axis=-1, keepdims=True))
 
 
-@struct.dataclass
+@pytree_dataclass
 class MinP(LogitsProcessor):
     """Drop tokens with probability below ``min_p`` times the best token's probability."""
 
@@ -166,23 +198,15 @@ class MinP(LogitsProcessor):
     is_warper: ClassVar[bool] = True
 
     def __post_init__(self):
-        p = self.min_p
-        _check("MinP.min_p", p, isinstance(p, (int, float)) and 0.0 <= p <= 1.0,
-               "a float in [0, 1]")
-        object.__setattr__(self, "min_p", as_leaf(p, jnp.float32))
+        _setup(self, "min_p", lo_open=False, hi_open=False)
 
     def __call__(self, logits, state, ctx):
         probs = jax.nn.softmax(logits, axis=-1)
-        remove = probs < self.min_p * jnp.max(probs, axis=-1, keepdims=True)
+        remove = probs < as_column(self.min_p) * jnp.max(probs, axis=-1, keepdims=True)
         if self.min_tokens_to_keep > 1:
             k = self.min_tokens_to_keep
             remove = remove & (logits < top_k_threshold(logits, k, k))
         return jnp.where(remove, self.filter_value, logits), state
-
-
-def _check_min_keep(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}.min_tokens_to_keep must be an int >= 1, got {value!r}")
 
 
 def _entropy(logp: Float[Array, "batch n"]) -> Float[Array, "batch 1"]:
@@ -199,7 +223,7 @@ def _keep_best(logits: Float[Array, "batch n"], min_keep: int) -> Bool[Array, "b
     return logits >= top_k_threshold(logits, min_keep, min_keep)
 
 
-@struct.dataclass
+@pytree_dataclass
 class Typical(LogitsProcessor):
     """Locally typical filtering (transformers' ``TypicalLogitsWarper``).
 
@@ -215,18 +239,11 @@ class Typical(LogitsProcessor):
     is_warper: ClassVar[bool] = True
 
     def __post_init__(self):
-        m = self.mass
-        _check("Typical.mass", m, isinstance(m, (int, float)) and 0.0 < m < 1.0,
-               "a float in (0, 1)")
-        _check_min_keep("Typical", self.min_tokens_to_keep)
-        object.__setattr__(self, "mass", as_leaf(m, jnp.float32))
+        _setup(self, "mass", lo_open=True, hi_open=True)
 
     def __call__(self, logits, state, ctx):
-        if logits.shape[-1] <= _SORT_MAX:
-            keep = _typical_keep_sorted(logits, self.mass, self.min_tokens_to_keep)
-        else:
-            keep = _typical_keep_search(logits, self.mass, self.min_tokens_to_keep)
-        return jnp.where(keep, logits, self.filter_value), state
+        return _cut(logits, self.mass, self.min_tokens_to_keep, _typical_keep_sorted,
+                    _typical_keep_search, self.filter_value), state
 
 
 def _typical_distance(logits: Float[Array, "batch n"]
@@ -275,7 +292,7 @@ def _typical_keep_search(logits, mass, min_keep):
     return keep
 
 
-@struct.dataclass
+@pytree_dataclass
 class Epsilon(LogitsProcessor):
     """Epsilon sampling: drop tokens with probability below ``epsilon`` (transformers'
     ``EpsilonLogitsWarper``); the ``min_tokens_to_keep`` best tokens always stay."""
@@ -286,19 +303,16 @@ class Epsilon(LogitsProcessor):
     is_warper: ClassVar[bool] = True
 
     def __post_init__(self):
-        e = self.epsilon
-        _check("Epsilon.epsilon", e, isinstance(e, (int, float)) and 0.0 < e < 1.0,
-               "a float in (0, 1)")
-        _check_min_keep("Epsilon", self.min_tokens_to_keep)
-        object.__setattr__(self, "epsilon", as_leaf(e, jnp.float32))
+        _setup(self, "epsilon", lo_open=True, hi_open=True)
 
     def __call__(self, logits, state, ctx):
         probs = jax.nn.softmax(logits, axis=-1)
-        remove = (probs < self.epsilon) & ~_keep_best(logits, self.min_tokens_to_keep)
+        remove = (probs < as_column(self.epsilon)) & ~_keep_best(logits,
+                                                                 self.min_tokens_to_keep)
         return jnp.where(remove, self.filter_value, logits), state
 
 
-@struct.dataclass
+@pytree_dataclass
 class Eta(LogitsProcessor):
     """Eta sampling (transformers' ``EtaLogitsWarper``): drop tokens with probability
     below ``eta = min(epsilon, sqrt(epsilon) * exp(-H))``, ``H`` the row entropy.
@@ -314,21 +328,18 @@ class Eta(LogitsProcessor):
     is_warper: ClassVar[bool] = True
 
     def __post_init__(self):
-        e = self.epsilon
-        _check("Eta.epsilon", e, isinstance(e, (int, float)) and 0.0 < e < 1.0,
-               "a float in (0, 1)")
-        _check_min_keep("Eta", self.min_tokens_to_keep)
-        object.__setattr__(self, "epsilon", as_leaf(e, jnp.float32))
+        _setup(self, "epsilon", lo_open=True, hi_open=True)
         object.__setattr__(self, "device", None)     # ignored; keeps the cache key stable
 
     def __call__(self, logits, state, ctx):
         logp = jax.nn.log_softmax(logits, axis=-1)
-        eta = jnp.minimum(self.epsilon, jnp.sqrt(self.epsilon) * jnp.exp(-_entropy(logp)))
+        eps = as_column(self.epsilon)
+        eta = jnp.minimum(eps, jnp.sqrt(eps) * jnp.exp(-_entropy(logp)))
         remove = (jnp.exp(logp) < eta) & ~_keep_best(logits, self.min_tokens_to_keep)
         return jnp.where(remove, self.filter_value, logits), state
 
 
-@struct.dataclass
+@pytree_dataclass
 class TopH(LogitsProcessor):
     """Top-H sampling (transformers' ``TopHLogitsWarper``, arXiv 2509.02510).
 
@@ -345,16 +356,13 @@ class TopH(LogitsProcessor):
     is_warper: ClassVar[bool] = True
 
     def __post_init__(self):
-        h = self.top_h
-        _check("TopH.top_h", h, isinstance(h, (int, float)) and 0.0 < h <= 1.0,
-               "a float in (0, 1]")
-        object.__setattr__(self, "top_h", as_leaf(h, jnp.float32))
+        _setup(self, "top_h", lo_open=True, hi_open=False)
 
     def __call__(self, logits, state, ctx):
         vals = jax.lax.top_k(logits, min(self.top_n, logits.shape[-1]))[0]  # [batch, n] desc
         logp = jax.nn.log_softmax(vals, axis=-1)
         probs = jnp.exp(logp)
-        tau = _entropy(logp) * self.top_h
+        tau = _entropy(logp) * as_column(self.top_h)
         cum = jnp.cumsum(jnp.where(probs > 0, -probs * logp, 0.0), axis=-1)
         chosen = (cum <= tau) & (probs > 0)                    # a prefix of the sorted row
         n_keep = jnp.maximum(jnp.sum(chosen, axis=-1, keepdims=True), 1)     # [batch, 1]

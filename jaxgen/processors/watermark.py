@@ -48,7 +48,8 @@ import numpy as np
 from flax import struct
 from jaxtyping import Array, Bool, Float, Int
 
-from jaxgen.processors.base import Context, LogitsProcessor, as_leaf
+from jaxgen.ops import as_column, as_leaf, check_int, check_number, is_int, set_leaves
+from jaxgen.processors.base import Context, LogitsProcessor, pytree_dataclass
 
 _SCHEMES = ("lefthash", "selfhash")
 _SELFHASH_CANDIDATES = 40      # transformers' rejection-sampling width
@@ -69,7 +70,7 @@ def _mix32(x: Array) -> Array:
     return x ^ (x >> 16)
 
 
-@struct.dataclass
+@pytree_dataclass
 class Watermark(LogitsProcessor):
     """Add ``bias`` to the logits of the green-list tokens (transformers'
     ``WatermarkLogitsProcessor`` without ``device``; see the module docstring).
@@ -95,23 +96,18 @@ class Watermark(LogitsProcessor):
         if isinstance(self.greenlist_ratio, str):
             raise TypeError("Watermark has no `device` argument (transformers' second "
                             "positional argument); pass greenlist_ratio= etc. by keyword")
-        v, r = self.vocab_size, self.greenlist_ratio
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 2:
-            raise ValueError(f"Watermark.vocab_size must be an int >= 2, got {v!r}")
-        if isinstance(r, (int, float)) and not 0.0 < r < 1.0:
-            raise ValueError(f"Watermark.greenlist_ratio must be in (0, 1), got {r!r}")
+        check_int("Watermark.vocab_size", self.vocab_size, 2, static=True)
+        check_number("Watermark.greenlist_ratio", self.greenlist_ratio,
+                     lambda r: (r > 0) & (r < 1), "in (0, 1)", per_row=False)
         if self.seeding_scheme not in _SCHEMES:
             raise ValueError(f"Watermark.seeding_scheme must be one of {list(_SCHEMES)}, "
                              f"got {self.seeding_scheme!r}")
-        w = self.context_width
-        if isinstance(w, bool) or not isinstance(w, int) or w < 1:
-            raise ValueError(f"Watermark.context_width must be an int >= 1, got {w!r}")
+        check_int("Watermark.context_width", self.context_width, 1, static=True)
         key = self.hashing_key
-        if isinstance(key, (int, np.integer)):
+        if is_int(key):
             key = int(key) & 0xFFFFFFFF
-        object.__setattr__(self, "vocab_size", int(v))
-        object.__setattr__(self, "greenlist_ratio", as_leaf(r, jnp.float32))
-        object.__setattr__(self, "bias", as_leaf(self.bias, jnp.float32))
+        object.__setattr__(self, "vocab_size", int(self.vocab_size))
+        set_leaves(self, jnp.float32, "greenlist_ratio", "bias")
         object.__setattr__(self, "hashing_key", as_leaf(key, jnp.uint32))
 
     # --- the keyed hashing scheme ------------------------------------------------------
@@ -195,7 +191,7 @@ class Watermark(LogitsProcessor):
         c = self.context_tokens
         if ctx.sequences.shape[1] < c:                  # a one-shot call on a short prompt
             return values
-        prev = jax.lax.dynamic_slice_in_dim(ctx.sequences, ctx.cur - c, c, axis=1)  # [b, c]
+        prev = ctx.tail(c)                                                         # [b, c]
         if self.seeding_scheme == "lefthash":
             green = self.is_green(self.seeds(prev)[:, None], ids)                  # [b, n]
         else:
@@ -206,7 +202,7 @@ class Watermark(LogitsProcessor):
                 axis=-1)                                                           # [b, m, w]
             ok = self.is_green(self.seeds(window), cands)                          # [b, m]
             green = jnp.zeros((b, n), bool).at[jnp.arange(b)[:, None], pos].set(ok)
-        green = green & (ctx.cur_len >= c)
+        green = green & as_column(ctx.cur_len >= c)
         return values + jnp.where(green, self.bias, 0.0).astype(values.dtype)
 
 
