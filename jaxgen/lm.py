@@ -1,4 +1,5 @@
-"""``jaxgen.load``: a Hugging Face directory -> an ``LM`` (model, params, tokenizer)."""
+"""``jaxgen.load``: a Hugging Face directory or a GGUF file -> an ``LM`` (model, params,
+tokenizer)."""
 
 from __future__ import annotations
 
@@ -71,20 +72,41 @@ def _drop_ids_outside_vocab(gen: GenerationConfig, vocab_size: int) -> Generatio
     return gen.replace(**changes) if changes else gen
 
 
-def load(path: str | Path | None = None, dtype: Any = None, mesh: Any = None) -> LM:
+def load(path: str | Path | None = None, dtype: Any = None, mesh: Any = None, *,
+         scan_layers: bool = False, quantize: str | None = None,
+         kv_cache_dtype: str | None = None) -> LM:
     """Load a Hugging Face layout directory (``config.json``, safetensors, optional
-    ``tokenizer.json`` and ``generation_config.json``); no path loads the bundled model.
+    ``tokenizer.json``, ``generation_config.json`` and chat template) or a GGUF file
+    (``model.gguf``: dequantized; config, tokenizer, chat template and special ids from its
+    metadata, see `jaxgen.models.gguf`); no path loads the bundled model.
 
-    dtype: None (float32), "float32", "bfloat16" or a jnp dtype.
+    dtype: None (float32), "float32", "bfloat16" or a jnp dtype. Tensors are converted one
+    at a time, so the peak host memory is about one copy of the weights in ``dtype``.
     mesh: a ``jax.sharding.Mesh`` with ``data`` and ``model`` axes: parameters are placed
-    by ``jaxgen.sharding.rules_for(model)`` (see ``jaxgen.sharding.shard_params``).
+    by ``jaxgen.sharding.rules_for(model)`` as they are read, each process reading only
+    the shards of its own devices, kv heads repeated when the ``model`` axis exceeds them
+    (`jaxgen.placement`; ``lm.model`` then has the repeated kv heads).
+    scan_layers: stack the layer weights and run the layers as a ``lax.scan``: compile
+        time flat in depth (`jaxgen.models.layers`), but decode steps measured 1.4x slower
+        on XLA:CPU for SmolLM2 (benchmarks/bench_compile.py), hence off by default;
+        ``params`` then hold ``layers`` (stacked) instead of ``layers_<i>``.
+    quantize: None or ``"int8"`` (weight-only, per-channel scales: `jaxgen.quant`).
+    kv_cache_dtype: None (``dtype``) or ``"int8"`` (per-token, per-head scales).
+    Turns on the persistent compilation cache (`jaxgen.compile_cache`; opt out with
+    ``JAXGEN_COMPILATION_CACHE=0``).
     """
-    from jaxgen.models.checkpoint import load_checkpoint
+    from jaxgen import compile_cache, quant
+    from jaxgen.tokenizer import Tokenizer
 
+    quant.check_settings(quantize, kv_cache_dtype)  # refused by name before any work
+    compile_cache.enable_compilation_cache()
+
+    placement = None
     if mesh is not None:
+        from jaxgen.placement import placement as on_mesh
         from jaxgen.sharding import auto_axes
 
-        mesh = auto_axes(mesh)  # validates the type; Explicit axes -> Auto
+        placement = on_mesh(auto_axes(mesh))  # validates the type; Explicit axes -> Auto
     if path is None:
         path = DEFAULT_MODEL_DIR
         if not (path / "config.json").exists():
@@ -92,21 +114,24 @@ def load(path: str | Path | None = None, dtype: Any = None, mesh: Any = None) ->
                 f"no bundled default model in {path}; pass a checkpoint directory, e.g. "
                 f"one made by `jaxgen make-tiny DIR`")
     path = Path(path)
-    model, params, gen_dict = load_checkpoint(path, dtype=dtype)
-    if mesh is not None:
-        from jaxgen.sharding import check_model, shard_params
+    if path.is_file() or path.suffix == ".gguf":
+        from jaxgen.models.gguf import load_gguf, read_gguf
 
-        check_model(model, mesh)
-        params = shard_params(params, mesh, model=model)
-    tokenizer = None
-    if (path / "tokenizer.json").exists():
-        from jaxgen.tokenizer import Tokenizer
-
-        tokenizer = Tokenizer.from_file(path / "tokenizer.json")
-    if gen_dict is not None:
-        gen = GenerationConfig.from_dict(gen_dict, unknown="warn")
+        file = read_gguf(path)  # ValueError for a file that is not GGUF
+        model, params, gen_dict = load_gguf(file, dtype=dtype, placement=placement)
+        tokenizer = Tokenizer.from_gguf(file) if "tokenizer.ggml.tokens" in file.metadata \
+            else None
     else:
-        gen = GenerationConfig.from_dict(_token_ids_from_model_config(path))
+        from jaxgen.models.checkpoint import load_checkpoint
+
+        model, params, gen_dict = load_checkpoint(path, dtype=dtype, placement=placement)
+        tokenizer = Tokenizer.from_file(path / "tokenizer.json") \
+            if (path / "tokenizer.json").exists() else None
+        if gen_dict is None:
+            gen_dict = _token_ids_from_model_config(path)
+    model, params = quant.prepare(model, params, scan_layers=scan_layers, quantize=quantize,
+                                  kv_cache_dtype=kv_cache_dtype)
+    gen = GenerationConfig.from_dict(gen_dict, unknown="warn")
     gen = _drop_ids_outside_vocab(gen, model.vocab_size)
     if gen.pad_token_id is None and tokenizer is not None and tokenizer.pad_token_id is not None:
         gen = gen.replace(pad_token_id=tokenizer.pad_token_id)

@@ -20,6 +20,7 @@ from jaxgen.models import (
     logits,
     positions_from_mask,
 )
+from jaxgen.models.cache import RingCache
 
 VOCAB = 128
 _SMALL = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
@@ -135,11 +136,17 @@ def test_fully_masked_row_gives_no_nan(pair):
 
 
 def test_cache_layout(pair):
+    """Full attention: a [layers, batch, kv, length, hd] KVCache; Mistral's sliding layers:
+    a RingCache of min(window + step_tokens - 1, length) slots."""
     _, model, _ = pair
     cache = model.init_cache(3, 10)
-    assert isinstance(cache, KVCache)
-    assert cache.k.shape[:2] == (2, 3) and cache.k.shape[3] == 10
+    window = getattr(model.config, "sliding_window", None)
+    assert isinstance(cache, RingCache if window else KVCache)
+    slots = min(window, 10) if window else 10
+    assert cache.k.shape[:2] == (2, 3) and cache.k.shape[3] == slots
     assert cache.k.shape == cache.v.shape and cache.index.dtype == jnp.int32
+    if window:
+        assert model.init_cache(3, 10, step_tokens=3).k.shape[3] == min(window + 2, 10)
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
@@ -199,17 +206,23 @@ def test_qwen2_sliding_window_off_by_default():
     assert cfg.window(0) is None and cfg.window(1) is None
 
 
-def test_legacy_rope_theta_and_unsupported_rope_scaling():
+def test_legacy_rope_theta_rope_scaling_and_refusals():
+    """Both rope spellings parse (the scaling types themselves: tests/test_rope.py); what is
+    not implemented is refused by name."""
     d = transformers.LlamaConfig(**_SMALL).to_dict()
     d.pop("rope_parameters")
     assert LlamaConfig.from_hf({**d, "rope_theta": 1e6}).rope_theta == 1e6
-    with pytest.raises(ValueError, match="rope_scaling"):
-        LlamaConfig.from_hf({**d, "rope_scaling": {"rope_type": "linear", "factor": 2.0}})
-    with pytest.raises(ValueError, match="rope_scaling"):
-        LlamaConfig.from_hf({**d, "rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4,
-                                                      "factor": 4.0}})
+    legacy = LlamaConfig.from_hf({**d, "rope_scaling": {"type": "linear", "factor": 2.0}})
+    v5 = LlamaConfig.from_hf({**d, "rope_parameters": {"rope_type": "linear", "factor": 2.0,
+                                                       "rope_theta": 1e4}})
+    assert legacy == v5 and v5.rope_scaling.factor == 2.0
+    with pytest.raises(ValueError, match="rope_type 'proportional'"):
+        LlamaConfig.from_hf({**d, "rope_parameters": {"rope_type": "proportional"}})
+    with pytest.raises(ValueError, match="mrope_section"):
+        LlamaConfig.from_hf({**d, "rope_scaling": {"rope_type": "default",
+                                                   "mrope_section": [2, 2]}})
     with pytest.raises(ValueError, match="hidden_act"):
-        LlamaConfig.from_hf({**d, "hidden_act": "gelu"})
+        LlamaConfig.from_hf({**d, "hidden_act": "mish"})
 
 
 def test_gpt2_config_checks():
@@ -236,3 +249,89 @@ def test_gpt2_inverse_layer_idx_scaling_matches_transformers(tmp_path):
     ours = np.asarray(logits(model, params, ids, mask))
     np.testing.assert_allclose(ours[mask == 1], _hf_logits(hf, ids, mask)[mask == 1],
                                atol=1e-4, rtol=0)
+
+
+# ------------------------------------------------------------ per-row cache positions
+
+
+def _prefill(model, params, ids: np.ndarray, mask: np.ndarray, length: int,
+             step_tokens: int = 1):
+    """Prefill ``ids`` (mask ``mask``) into a fresh cache of ``length`` slots."""
+    b, p = ids.shape
+    full = np.zeros((b, length), np.int32)
+    full[:, :p] = mask
+    cache = model.init_cache(b, length, step_tokens=step_tokens)
+    _, cache = jax.jit(model.apply)(params, ids, positions_from_mask(jnp.asarray(mask)),
+                                    cache, full)
+    return cache, full
+
+
+def test_vector_index_with_equal_entries_matches_scalar(pair):
+    """A [batch] index whose entries are equal decodes exactly as the scalar index."""
+    _, model, params = pair
+    ids, mask = _left_padded([5, 2], seed=3)
+    b, p = ids.shape
+    new = np.random.RandomState(4).randint(0, VOCAB, (b, 3)).astype(np.int32)
+    cache, full = _prefill(model, params, ids, mask, p + 4)
+    pos = np.asarray(positions_from_mask(jnp.asarray(mask)))[:, -1:] + np.arange(1, 4)
+    full[:, p:p + 3] = 1
+    apply = jax.jit(model.apply)
+    scalar, vector = cache, model.rewind_cache(cache, jnp.full((b,), p, jnp.int32))
+    for lo, hi in [(0, 2), (2, 3)]:  # a 2-token chunk, then one token
+        out_s, scalar = apply(params, new[:, lo:hi], pos[:, lo:hi], scalar, full)
+        out_v, vector = apply(params, new[:, lo:hi], pos[:, lo:hi], vector, full)
+        np.testing.assert_allclose(np.asarray(out_v), np.asarray(out_s), atol=1e-6, rtol=0)
+    assert scalar.index.shape == () and vector.index.shape == (b,)
+    np.testing.assert_array_equal(np.asarray(vector.index), [p + 3] * b)
+    np.testing.assert_allclose(np.asarray(vector.k), np.asarray(scalar.k), atol=1e-6, rtol=0)
+
+
+def test_rows_at_different_slots_match_each_row_alone(pair):
+    """Row 0 writes at slots 5.., row 1 at 7..: each row's logits equal the row run alone."""
+    _, model, params = pair
+    rs = np.random.RandomState(5)
+    lengths, steps = [5, 7], [2, 1]
+    seqs = [rs.randint(0, VOCAB, n + sum(steps)).astype(np.int32) for n in lengths]
+    ids = np.zeros((2, 7), np.int32)  # right-padded prefill; row 0's slots 5, 6 are junk
+    mask = np.zeros((2, 7), np.int32)
+    for row, n in enumerate(lengths):
+        ids[row, :n], mask[row, :n] = seqs[row][:n], 1
+    # a sliding window's ring must survive rewinding row 0 by 2 slots, then a 2-token call
+    cache, full = _prefill(model, params, ids, mask, 11, step_tokens=3)
+    cache = model.rewind_cache(cache, jnp.asarray(lengths, jnp.int32))  # index [5, 7]
+    alone = [np.asarray(logits(model, params, s[None]))[0] for s in seqs]
+    at = np.asarray(lengths)
+    apply = jax.jit(model.apply)
+    for t in steps:
+        cols = at[:, None] + np.arange(t)  # [2, t]: each row's new slots == positions
+        full[np.arange(2)[:, None], cols] = 1
+        tokens = np.stack([seqs[r][cols[r]] for r in range(2)])
+        out, cache = apply(params, tokens, cols.astype(np.int32), cache, full)
+        for r in range(2):
+            np.testing.assert_allclose(np.asarray(out)[r], alone[r][cols[r]], atol=1e-4, rtol=0)
+        at = at + t
+        np.testing.assert_array_equal(np.asarray(cache.index), at)
+
+
+def test_reorder_and_rewind_cache():
+    model = Llama(LlamaConfig(**_SMALL))
+    params = model.init_params(jax.random.key(0))
+    ids, mask = _left_padded([4, 4], seed=6)
+    cache, full = _prefill(model, params, ids, mask, 6)
+    rows = jnp.asarray([1, 0, 1], jnp.int32)
+    moved = model.reorder_cache(cache, rows)
+    np.testing.assert_array_equal(np.asarray(moved.k), np.asarray(cache.k)[:, [1, 0, 1]])
+    np.testing.assert_array_equal(np.asarray(moved.v), np.asarray(cache.v)[:, [1, 0, 1]])
+    assert moved.index.shape == () and int(moved.index) == 4
+    full[:, 4] = 1
+    tok, pos = np.asarray([[7], [9]], np.int32), np.full((2, 1), 4, np.int32)
+    ref, _ = model.apply(params, tok, pos, cache, full)
+    out, _ = model.apply(params, tok[[1, 0, 1]], pos[[1, 0, 1]], moved, full[[1, 0, 1]])
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref)[[1, 0, 1]], atol=1e-6, rtol=0)
+
+    vec = model.rewind_cache(cache, jnp.asarray([2, 3]))
+    assert vec.index.dtype == jnp.int32 and vec.k is cache.k
+    np.testing.assert_array_equal(np.asarray(model.reorder_cache(vec, rows).index), [3, 2, 3])
+    assert model.rewind_cache(vec, 1).index.shape == ()
+    with pytest.raises(ValueError, match=r"scalar or a \[2\] vector"):
+        model.rewind_cache(cache, jnp.zeros((3,), jnp.int32))

@@ -3,38 +3,33 @@
     model, params, gen = load_checkpoint("path/to/hf_dir", dtype="bfloat16")
     save_checkpoint(model, params, "out_dir")   # transformers.AutoModelForCausalLM loads it
 
-Tensor names map one to one onto our parameter paths: ``layers_3`` <-> ``layers.3``
-(``h.3`` for GPT-2), ``kernel``/``embedding``/``scale`` <-> ``weight``. Llama-family dense
-kernels are HF ``weight.T``; GPT-2's Conv1D weights are already ``[in, out]``.
+The model's family (`jaxgen.models.registry`) parses config.json and names the tensors:
+each of our parameter paths maps one to one onto a HF tensor name (``layers_3`` <->
+``layers.3``, ``kernel``/``embedding``/``scale`` <-> ``weight``, see `TensorNames`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import os
 import warnings
-from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Collection
+from math import prod
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from safetensors import safe_open
+from jax import lax
 from safetensors.numpy import save_file
 
-from jaxgen.models.gpt2 import GPT2, GPT2Config
-from jaxgen.models.llama import Llama, LlamaConfig
+from jaxgen.models.base import CausalLM
+from jaxgen.models.registry import Family, TensorNames, family_for_config, family_of
 
-SUPPORTED_ARCHITECTURES = {
-    "LlamaForCausalLM": "llama",
-    "MistralForCausalLM": "mistral",
-    "Qwen2ForCausalLM": "qwen2",
-    "GPT2LMHeadModel": "gpt2",
-}
-# Buffers some checkpoints carry that are not parameters.
-_IGNORED_SUFFIXES = ("rotary_emb.inv_freq", ".attn.bias", ".attn.masked_bias")
+Specs = dict[tuple[str, ...], jax.ShapeDtypeStruct]
 
 
 def resolve_dtype(dtype: Any) -> np.dtype:
@@ -50,53 +45,31 @@ def resolve_dtype(dtype: Any) -> np.dtype:
     return resolved
 
 
-def model_from_hf_config(config: dict[str, Any], dtype: Any = None) -> Llama | GPT2:
-    """Build our model for a Hugging Face ``config.json`` dict (dispatch on
-    ``architectures[0]``, else ``model_type``)."""
-    archs = config.get("architectures") or []
-    family = None
-    if archs:
-        family = SUPPORTED_ARCHITECTURES.get(archs[0])
-    elif config.get("model_type") in SUPPORTED_ARCHITECTURES.values():
-        family = config["model_type"]
+def model_from_hf_config(config: dict[str, Any], dtype: Any = None) -> CausalLM:
+    """Build our model for a Hugging Face ``config.json`` dict (its family is found from
+    ``architectures[0]``, else ``model_type``; ValueError listing the supported ones)."""
+    family = family_for_config(config)
+    return family.model(family.config_from_hf(config), resolve_dtype(dtype))
+
+
+def _family(model: CausalLM) -> Family:
+    family = family_of(model)
     if family is None:
-        found = archs[0] if archs else f"model_type={config.get('model_type')!r}"
-        raise ValueError(f"unsupported architecture {found}; supported: "
-                         f"{sorted(SUPPORTED_ARCHITECTURES)}")
-    dtype = resolve_dtype(dtype)
-    if family == "gpt2":
-        return GPT2(GPT2Config.from_hf(config), dtype)
-    return Llama(LlamaConfig.from_hf({**config, "model_type": family}), dtype)
+        raise ValueError(f"{type(model).__name__} (config "
+                         f"{type(getattr(model, 'config', None)).__name__}) belongs to no "
+                         f"registered family; see jaxgen.models.registry.register")
+    return family
 
 
-# ------------------------------------------------------------------------- name mapping
-
-
-def _hf_name(model: Llama | GPT2, path: tuple[str, ...], prefix: str) -> tuple[str, bool]:
-    """The HF tensor name of our parameter ``path`` and whether it is stored transposed."""
-    gpt2 = isinstance(model, GPT2)
-    parts = []
-    for p in path[:-1]:
-        if p.startswith("layers_"):
-            parts += ["h" if gpt2 else "layers", p[len("layers_"):]]
-        else:
-            parts.append(p)
-    leaf = path[-1]
-    parts.append("bias" if leaf == "bias" else "weight")
-    if path[0] == "lm_head":
-        return "lm_head.weight", True
-    transpose = leaf == "kernel" and not gpt2
-    return prefix + ".".join(parts), transpose
-
-
-def _param_specs(model: Llama | GPT2) -> dict[tuple[str, ...], jax.ShapeDtypeStruct]:
+def _param_specs(model: Any) -> Specs:
     """Our parameter paths and their shapes, without allocating anything."""
     abstract = jax.eval_shape(model.init_params, jax.random.key(0))
     flat = jax.tree_util.tree_flatten_with_path(abstract)[0]
     return {tuple(k.key for k in path): leaf for path, leaf in flat}
 
 
-def _unflatten(flat: dict[tuple[str, ...], Any]) -> dict[str, Any]:
+def unflatten(flat: dict[tuple[str, ...], Any]) -> dict[str, Any]:
+    """``{("a", "b"): x}`` -> ``{"a": {"b": x}}``."""
     tree: dict[str, Any] = {}
     for path, value in flat.items():
         node = tree
@@ -106,40 +79,227 @@ def _unflatten(flat: dict[tuple[str, ...], Any]) -> dict[str, Any]:
     return tree
 
 
+@dataclasses.dataclass(frozen=True)
+class Slot:
+    """One of our parameters, as a checkpoint stores it."""
+
+    path: tuple[str, ...]  # our parameter path
+    shape: tuple[int, ...]  # our parameter's shape
+    transposed: bool  # stored as our parameter transposed (HF nn.Linear [out, in])
+
+    @property
+    def hf_shape(self) -> tuple[int, ...]:
+        return tuple(reversed(self.shape)) if self.transposed else self.shape
+
+
+def param_slots(model: CausalLM, prefix: str | None = None) -> dict[str, Slot]:
+    """HF tensor name -> `Slot`, for every parameter of ``model`` (HF names with
+    ``prefix``, default the family's)."""
+    names = _family(model).tensors
+    out = {}
+    for p, spec in _param_specs(model).items():
+        name, transposed = names.hf_name(p, prefix)
+        out[name] = Slot(p, tuple(spec.shape), transposed)
+    return out
+
+
+def check_tensors(model: CausalLM, slots: dict[str, Slot], found: Collection[str],
+                  unused: Collection[str], source: str) -> None:
+    """ValueError naming the first of ``slots`` not in ``found`` (with its expected shape);
+    a warning listing ``unused`` tensors of the checkpoint (buffers and tied heads aside)."""
+    missing = [n for n in slots if n not in found]
+    if missing:
+        raise ValueError(f"checkpoint {source!r} is missing tensor {missing[0]!r} (expected "
+                         f"shape {slots[missing[0]].hf_shape}); {len(missing)} missing in all")
+    _warn_unused(model, _family(model).tensors, set(unused))
+
+
+def check_shape(name: str, expected: tuple[int, ...], found: tuple[int, ...]) -> None:
+    if tuple(found) != tuple(expected):
+        raise ValueError(f"tensor {name!r} has the wrong shape: expected {tuple(expected)}, "
+                         f"found {tuple(found)}")
+
+
+BLOCK_ELEMENTS = 1 << 22  # rows of about this many elements are read and placed at a time
+
+
+def place(read: Callable[[int, int], np.ndarray], slot: Slot, dtype: Any) -> jax.Array:
+    """Our parameter from ``read(start, stop)``, which gives HF rows ``start:stop`` as numpy.
+
+    The rows go to the device as read and are cast (and transposed) there. A tensor of more
+    than two blocks (`BLOCK_ELEMENTS`) is read a block of rows at a time into a device
+    buffer updated in place, so the host never holds a whole float32 copy of it.
+    """
+    rows = slot.hf_shape[0] if slot.hf_shape else 1
+    block = max(1, BLOCK_ELEMENTS // max(1, prod(slot.hf_shape[1:])))
+    if len(slot.shape) < 2 or rows <= 2 * block:
+        return _convert(jax.device_put(read(0, rows)), jnp.dtype(dtype), slot.transposed)
+    out = jnp.zeros(slot.shape, dtype)
+    for start in range(0, rows, block):
+        start = min(start, rows - block)  # the last block ends at the end: one shape
+        out = _write_rows(out, jax.device_put(read(start, start + block)), start,
+                          slot.transposed)
+    return out
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _convert(x: jax.Array, dtype: Any, transposed: bool) -> jax.Array:
+    x = x.astype(dtype)
+    return x.T if transposed else x
+
+
+@functools.partial(jax.jit, static_argnums=3, donate_argnums=0)
+def _write_rows(out: jax.Array, rows: jax.Array, start: jax.Array, transposed: bool
+                ) -> jax.Array:
+    """``out`` with HF ``rows`` written from row ``start`` (our column when transposed)."""
+    rows = rows.astype(out.dtype)
+    starts = [0] * out.ndim
+    starts[1 if transposed else 0] = start
+    return lax.dynamic_update_slice(out, rows.T if transposed else rows, starts)
+
+
 # ---------------------------------------------------------------------------- reading
 
+Reader = Callable[[int, int], np.ndarray]  # (start, stop) -> rows start:stop of a tensor
+Window = Callable[[tuple[slice, ...]], np.ndarray]  # HF-layout slices -> that window
+Placer = Callable[[Slot, Window], jax.Array]  # one parameter, placed from its windows
+# model -> (the model the placed params are for, its Placer); see `jaxgen.placement`
+Placement = Callable[[CausalLM], tuple[CausalLM, Placer]]
 
-def _tensor_files(path: Path) -> dict[str, Path]:
-    """Tensor name -> the safetensors file holding it (single file or sharded index)."""
+
+def window_reader(read: Reader, offset: int, shape: tuple[int, ...]) -> Window:
+    """``window(slices)`` of the HF tensor ``shape`` held from row ``offset`` on by
+    ``read``: the reader's own ``window`` when it has one (safetensors: only the
+    window's bytes are read), else its rows a block at a time, the other axes sliced."""
+    own = getattr(read, "window", None)
+    block = max(1, BLOCK_ELEMENTS // max(1, prod(shape[1:])))
+
+    def window(index: tuple[slice, ...]) -> np.ndarray:
+        rows, rest = index[0], index[1:]
+        if own is not None:
+            return own(slice(rows.start + offset, rows.stop + offset), *rest)
+        return np.concatenate([read(offset + a, offset + min(a + block, rows.stop))
+                               [(slice(None), *rest)]
+                               for a in range(rows.start, rows.stop, block)])
+
+    return window
+
+
+def read_params(model: CausalLM, stored: dict[str, tuple[tuple[int, ...], Reader]],
+                source: str, label: Callable[[str], str] = str,
+                placer: Placer | None = None) -> dict[str, Any]:
+    """Our parameters from ``stored`` HF-named tensors ``{name: (shape, reader)}``: found
+    by the family's `TensorNames.sources` (aliases, parts of fused tensors), checked (a
+    missing tensor or a wrong shape raises ValueError naming ``label(name)``; unused
+    tensors warn), and placed block by block (`place`), or by ``placer`` from a window
+    reader of each tensor (`window_reader`; a mesh: `jaxgen.placement.Placement`)."""
+    names = _family(model).tensors
+    slots = param_slots(model, names.prefix_of(stored))
+    src, unused = names.sources({n: s.hf_shape[0] if s.hf_shape else 1
+                                 for n, s in slots.items()}, stored)
+    check_tensors(model, slots, src, unused, source)
+    flat = {}
+    for name, slot in slots.items():
+        s = src[name]
+        shape, read = stored[s.name]
+        check_shape(label(s.name), (s.rows, *slot.hf_shape[1:]), shape)
+        if placer is not None:
+            flat[slot.path] = placer(slot, window_reader(read, s.start, shape))
+            continue
+        flat[slot.path] = place(lambda a, b, r=read, o=s.start: r(o + a, o + b), slot,
+                                model.dtype)
+    return unflatten(flat)
+
+
+_ST_DTYPES = {"F64": jnp.float64, "F32": jnp.float32, "F16": jnp.float16,
+              "BF16": jnp.bfloat16, "F8_E4M3": jnp.float8_e4m3fn, "F8_E5M2": jnp.float8_e5m2,
+              "I64": jnp.int64, "I32": jnp.int32, "I16": jnp.int16, "I8": jnp.int8,
+              "U8": jnp.uint8, "BOOL": jnp.bool_}
+
+
+def _safetensors(file: Path) -> dict[str, tuple[tuple[int, ...], Reader]]:
+    """The tensors of one safetensors file, read with plain reads: a memory map (what
+    ``safe_open`` uses) keeps the pages it touched in the process's resident memory, which
+    doubled the peak (1.13 GB above the imports for SmolLM2's 538 MB float32 file,
+    0.61 GB without)."""
+    with open(file, "rb") as f:
+        (n,) = np.frombuffer(f.read(8), "<u8")
+        header = json.loads(f.read(int(n)))
+    header.pop("__metadata__", None)
+    out = {}
+    for name, info in header.items():
+        if info["dtype"] not in _ST_DTYPES:
+            raise ValueError(f"tensor {name!r} in {file} has dtype {info['dtype']}, which is "
+                             f"not supported; supported: {sorted(_ST_DTYPES)}")
+        shape, dtype = tuple(info["shape"]), jnp.dtype(_ST_DTYPES[info["dtype"]])
+        out[name] = (shape, _Stored(file, 8 + int(n) + info["data_offsets"][0], shape, dtype))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class _Stored:
+    """One tensor of a safetensors file: ``(start, stop)`` rows, or any 2-D ``window``."""
+
+    file: Path
+    offset: int
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    def __call__(self, start: int, stop: int) -> np.ndarray:
+        return _read_rows(self.file, self.offset, self.shape, self.dtype, start, stop)
+
+    def window(self, rows: slice, cols: slice | None = None) -> np.ndarray:
+        """Rows ``rows`` and columns ``cols``, reading only their bytes (a column window
+        is one read per row)."""
+        if cols is None or len(self.shape) != 2 or (cols.start, cols.stop) == (0, self.shape[1]):
+            rows_read = self(rows.start, rows.stop)
+            return rows_read if cols is None else rows_read[:, cols]
+        item, width = self.dtype.itemsize, cols.stop - cols.start
+        out = np.empty((rows.stop - rows.start, width), self.dtype)
+        raw = out.view(np.uint8).reshape(len(out), width * item)
+        with open(self.file, "rb") as f:
+            for i, r in enumerate(range(rows.start, rows.stop)):
+                f.seek(self.offset + (r * self.shape[1] + cols.start) * item)
+                if f.readinto(raw[i]) != width * item:
+                    raise ValueError(f"{self.file}: truncated safetensors file")
+        return out
+
+
+def _read_rows(file: Path, offset: int, shape: tuple[int, ...], dtype: np.dtype, start: int,
+               stop: int) -> np.ndarray:
+    row = prod(shape[1:]) * dtype.itemsize
+    with open(file, "rb") as f:
+        f.seek(offset + start * row)
+        raw = f.read((stop - start) * row)
+    if len(raw) != (stop - start) * row:
+        raise ValueError(f"{file}: truncated safetensors file")
+    return np.frombuffer(raw, dtype).reshape((stop - start, *shape[1:]) if shape else ())
+
+
+def _tensor_files(path: Path) -> list[Path]:
+    """The safetensors files of a checkpoint (single file or sharded index)."""
     single, index = path / "model.safetensors", path / "model.safetensors.index.json"
     if single.is_file():
-        with safe_open(single, framework="numpy") as f:
-            return {name: single for name in f.keys()}
+        return [single]
     if index.is_file():
         weight_map = json.loads(index.read_text())["weight_map"]
-        return {name: path / file for name, file in weight_map.items()}
+        return [path / file for file in dict.fromkeys(weight_map.values())]
     raise FileNotFoundError(f"no model.safetensors or model.safetensors.index.json in {path}")
 
 
-def _read(files: dict[str, Path], names: list[str]) -> Iterator[tuple[str, np.ndarray]]:
-    """Yield ``(name, array)`` for ``names``, opening each shard once."""
-    by_file: dict[Path, list[str]] = defaultdict(list)
-    for name in names:
-        by_file[files[name]].append(name)
-    for file, file_names in by_file.items():
-        with safe_open(file, framework="numpy") as f:
-            for name in file_names:
-                yield name, f.get_tensor(name)
-
-
-def load_checkpoint(path: str | os.PathLike, dtype: Any = None
-                    ) -> tuple[Llama | GPT2, dict[str, Any], dict[str, Any] | None]:
+def load_checkpoint(path: str | os.PathLike, dtype: Any = None,
+                    placement: Placement | None = None
+                    ) -> tuple[CausalLM, dict[str, Any], dict[str, Any] | None]:
     """Load a Hugging Face directory: ``(model, params, generation_config dict or None)``.
 
     ``dtype``: None (float32), "float32", "bfloat16", or a jnp dtype; parameters, the
-    activations and the KV cache use it. Raises FileNotFoundError for a missing directory
-    or config.json, ValueError for an unsupported architecture, a missing tensor or a
-    tensor of the wrong shape (naming the tensor, the expected and the found shape).
+    activations and the KV cache use it. Tensors are converted one at a time (a large one
+    a block of rows at a time, see `place`), so the peak host memory is about the
+    parameters in ``dtype``. Raises FileNotFoundError for a missing directory or
+    config.json, ValueError for an unsupported architecture, a missing tensor or a tensor
+    of the wrong shape (naming the tensor, the expected and the found shape).
+    ``placement``: parameters placed by it instead (e.g. on a mesh, each process reading
+    only its shards: `jaxgen.placement.placement`); the model returned is its model.
     """
     path = Path(path)
     if not path.is_dir():
@@ -148,46 +308,19 @@ def load_checkpoint(path: str | os.PathLike, dtype: Any = None
     if not config_file.is_file():
         raise FileNotFoundError(f"no config.json in checkpoint directory {str(path)!r}")
     model = model_from_hf_config(json.loads(config_file.read_text()), dtype)
-    files = _tensor_files(path)
-    prefix = ""
-    if isinstance(model, GPT2):
-        prefix = "transformer." if any(n.startswith("transformer.") for n in files) else ""
-    else:
-        prefix = "model."
-    specs = _param_specs(model)
-    names = {_hf_name(model, p, prefix)[0]: p for p in specs}
-    missing = [n for n in names if n not in files]
-    if missing:
-        n = missing[0]
-        shape = _hf_shape(model, specs[names[n]].shape, names[n], prefix)
-        raise ValueError(f"checkpoint {str(path)!r} is missing tensor {n!r} (expected shape "
-                         f"{shape}); {len(missing)} missing in all")
-    _warn_unused(model, set(files) - set(names))
-    flat = {}
-    for name, array in _read(files, list(names)):
-        p = names[name]
-        expected = _hf_shape(model, specs[p].shape, p, prefix)
-        if tuple(array.shape) != expected:
-            raise ValueError(f"tensor {name!r} has the wrong shape: expected {expected}, "
-                             f"found {tuple(array.shape)}")
-        if _hf_name(model, p, prefix)[1]:
-            array = array.T
-        flat[p] = jnp.asarray(array.astype(model.dtype))
+    stored = {name: t for file in _tensor_files(path) for name, t in _safetensors(file).items()}
+    placed_model, placer = (model, None) if placement is None else placement(model)
+    params = read_params(model, stored, str(path), placer=placer)
+    model = placed_model
     gen_file = path / "generation_config.json"
     gen = json.loads(gen_file.read_text()) if gen_file.is_file() else None
-    return model, _unflatten(flat), gen
+    return model, params, gen
 
 
-def _hf_shape(model: Llama | GPT2, shape: tuple[int, ...], path: tuple[str, ...],
-              prefix: str) -> tuple[int, ...]:
-    transpose = _hf_name(model, path, prefix)[1]
-    return tuple(reversed(shape)) if transpose else tuple(shape)
-
-
-def _warn_unused(model: Llama | GPT2, unused: set[str]) -> None:
-    if model.config.tie_word_embeddings:
-        unused.discard("lm_head.weight")
-    unused = {n for n in unused if not n.endswith(_IGNORED_SUFFIXES)}
+def _warn_unused(model: Any, tensors: TensorNames, unused: set[str]) -> None:
+    if getattr(model.config, "tie_word_embeddings", False):
+        unused.discard(f"{tensors.head}.weight")
+    unused = {n for n in unused if not n.endswith(tensors.ignored)}
     if unused:
         warnings.warn(f"checkpoint tensors not used by {type(model).__name__}: "
                       f"{sorted(unused)[:10]}{' ...' if len(unused) > 10 else ''}", stacklevel=3)
@@ -196,13 +329,13 @@ def _warn_unused(model: Llama | GPT2, unused: set[str]) -> None:
 # ---------------------------------------------------------------------------- writing
 
 
-def save_checkpoint(model: Llama | GPT2, params: dict[str, Any], path: str | os.PathLike,
+def save_checkpoint(model: CausalLM, params: dict[str, Any], path: str | os.PathLike,
                     generation_config: dict[str, Any] | None = None) -> None:
     """Write ``config.json`` + ``model.safetensors`` (+ ``generation_config.json`` if given)
     in Hugging Face layout, in the model's dtype; tied lm_heads are not written."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    prefix = "transformer." if isinstance(model, GPT2) else "model."
+    names = _family(model).tensors
     specs = _param_specs(model)
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     got = {tuple(k.key for k in p): leaf for p, leaf in flat}
@@ -215,8 +348,9 @@ def save_checkpoint(model: Llama | GPT2, params: dict[str, Any], path: str | os.
         array = np.asarray(jax.device_get(got[p]))
         if array.shape != spec.shape:
             raise ValueError(f"param {'/'.join(p)} has shape {array.shape}, expected {spec.shape}")
-        name, transpose = _hf_name(model, p, prefix)
+        name, transpose = names.hf_name(p)
         tensors[name] = np.ascontiguousarray(array.T if transpose else array)
+    tensors = names.to_stored(tensors)  # e.g. fused q|k|v (`TensorNames.to_stored`)
     config = model.config.to_hf()
     config["dtype"] = str(model.dtype)
     (path / "config.json").write_text(json.dumps(config, indent=2) + "\n")
