@@ -31,71 +31,27 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from jaxgen.decoding.output import host
+from jaxgen.models.gpt2 import GPT2_RULES  # noqa: F401  (public names, kept importable here)
+from jaxgen.models.llama import LLAMA_RULES  # noqa: F401
+from jaxgen.models.registry import family_of
+
 Rules = Sequence[tuple[str, P]]
-
-# Embeddings and the output head are split over the vocabulary (rows of the [vocab, d]
-# table, columns of the [d, vocab] head): 1/model of their memory per device, at the
-# cost of one small all-reduce of the gathered embeddings and of the logits per step
-# (see the README's "Scaling out" measurements). Replace the two rules by ``P()`` to
-# replicate them instead.
-LLAMA_RULES: list[tuple[str, P]] = [
-    (r"embed_tokens/embedding$", P("model", None)),
-    (r"self_attn/(q_proj|k_proj|v_proj)/kernel$", P(None, "model")),
-    (r"self_attn/(q_proj|k_proj|v_proj)/bias$", P("model")),
-    (r"self_attn/o_proj/kernel$", P("model", None)),
-    (r"self_attn/o_proj/bias$", P()),
-    (r"mlp/(gate_proj|up_proj)/kernel$", P(None, "model")),
-    (r"mlp/(gate_proj|up_proj)/bias$", P("model")),
-    (r"mlp/down_proj/kernel$", P("model", None)),
-    (r"mlp/down_proj/bias$", P()),
-    (r"lm_head/kernel$", P(None, "model")),
-    (r"norm/scale$", P()),
-]
-
-# GPT-2's fused c_attn kernel [d, 3d] holds q | k | v side by side, so a column split
-# gives device i the columns [i*3d/m, (i+1)*3d/m), which cut across q/k/v and heads.
-# jit stays correct (the tests compare tokens): XLA moves the misaligned slices of the
-# [rows, t, 3d] activation with a few small collective-permutes per layer; weights never
-# move. Replicating c_attn does not avoid them: XLA still splits that matmul's output
-# along 3d (measured on 8 simulated devices: the same 9 permutes per layer, equal speed),
-# so the column split is kept for its 1/m memory. c_proj, the MLP and the vocabulary are
-# split as for Llama.
-GPT2_RULES: list[tuple[str, P]] = [
-    (r"wte/embedding$", P("model", None)),
-    (r"wpe/embedding$", P()),
-    (r"attn/c_attn/kernel$", P(None, "model")),
-    (r"attn/c_attn/bias$", P("model")),
-    (r"attn/c_proj/kernel$", P("model", None)),
-    (r"attn/c_proj/bias$", P()),
-    (r"mlp/c_fc/kernel$", P(None, "model")),
-    (r"mlp/c_fc/bias$", P("model")),
-    (r"mlp/c_proj/kernel$", P("model", None)),
-    (r"mlp/c_proj/bias$", P()),
-    (r"lm_head/kernel$", P(None, "model")),
-    (r"ln_(1|2|f)/(scale|bias)$", P()),
-]
-
-
-_VOCAB_RULES = (r"embed_tokens/embedding$", r"wte/embedding$", r"lm_head/kernel$")
 
 
 def rules_for(model: Any, mesh: Mesh | None = None) -> list[tuple[str, P]]:
-    """The default partition rules of a jaxgen model (Llama family or GPT-2).
+    """The default partition rules of a jaxgen model: its family's (`jaxgen.models.registry`).
 
     With a ``mesh`` whose ``model`` axis does not divide the vocabulary (e.g. GPT-2's
-    50257), the embedding and the output head are replicated instead of split.
+    50257), the family's vocabulary rules (embedding, output head) replicate instead.
     """
-    from jaxgen.models import GPT2, Llama
-
-    if isinstance(model, Llama):
-        rules = list(LLAMA_RULES)
-    elif isinstance(model, GPT2):
-        rules = list(GPT2_RULES)
-    else:
+    family = family_of(model)
+    if family is None or not family.rules:
         raise ValueError(f"no default partition rules for {type(model).__name__}; pass "
                          f"rules=[(regex, PartitionSpec), ...] to shard_params")
+    rules = list(family.rules)
     if mesh is not None and model.vocab_size % mesh.shape.get("model", 1):
-        rules = [(r, P() if r in _VOCAB_RULES else s) for r, s in rules]
+        rules = [(r, P() if r in family.vocab_rules else s) for r, s in rules]
     return rules
 
 
@@ -195,17 +151,31 @@ def shard_params(params: Any, mesh: Mesh, rules: Rules | None = None,
 
 def check_model(model: Any, mesh: Mesh) -> None:
     """ValueError if the model's kv heads (the KV cache axis split over ``model``) do not
-    divide the ``model`` axis, naming the config field."""
-    m = mesh.shape.get("model", 1)
-    cfg = getattr(model, "config", None)
-    for field in ("num_key_value_heads", "n_head"):
-        heads = getattr(cfg, field, None)
-        if heads is not None:
-            if heads % m:
-                raise ValueError(f"config.{field}={heads} is not divisible by the 'model' mesh "
-                                 f"axis of size {m}: the KV cache is split by kv heads; use a "
-                                 f"model axis that divides {heads}")
-            return
+    divide the ``model`` axis, naming the config field its family reports. Models of no
+    registered family are not checked."""
+    family = family_of(model)
+    if family is None:
+        return
+    m, heads = mesh.shape.get("model", 1), family.kv_heads(model.config)
+    if heads % m:
+        fix = (f"use a model axis that divides {heads}" if family.kv_heads_field
+               != "num_key_value_heads" else "load with jaxgen.load(path, mesh=mesh) or call "
+               "jaxgen.placement.replicate_kv_heads(model, params, mesh), which repeat "
+               "each kv head to fit the axis")
+        raise ValueError(f"config.{family.kv_heads_field}={heads} is not divisible by the "
+                         f"'model' mesh axis of size {m}: the KV cache is split by kv heads; "
+                         f"{fix}")
+
+
+def replicated_kv_heads(heads: int, kv: int, model_axis: int) -> int:
+    """The kv heads a model keeps on a ``model`` axis of size ``model_axis``:
+    ``lcm(kv, model_axis)`` (``kv`` when the axis divides it), each stored kv head repeated
+    in place (`jaxgen.placement`). ValueError if the query heads do not divide the axis.
+
+    Example: ``replicated_kv_heads(32, 8, 16) == 16`` (Llama 3 8B, each kv head twice).
+    """
+    _div(heads, model_axis, "num_attention_heads", "model")
+    return math.lcm(kv, model_axis)
 
 
 def params_mesh(params: Any) -> Mesh | None:
@@ -217,14 +187,17 @@ def params_mesh(params: Any) -> Mesh | None:
     return None
 
 
-def check_batch(rows: int, mesh: Mesh, batch: int | None = None, repeat: int = 1) -> None:
+def check_batch(rows: int, mesh: Mesh, batch: int | None = None, repeat: int = 1,
+                processes: int = 1) -> None:
     """ValueError if ``rows`` (batch * num_beams or * num_return_sequences) does not
-    divide the ``data`` axis."""
+    divide the ``data`` axis (``processes``: each passed ``batch / processes`` rows)."""
     d = mesh.shape.get("data", 1)
     if rows % d:
         what = (f"input_ids batch {batch} x {repeat} (num_beams / num_return_sequences) = "
                 f"{rows} rows" if batch is not None and repeat > 1 else
                 f"input_ids batch {rows}")
+        if processes > 1:
+            what += f" ({(batch or rows) // processes} prompts from each of {processes} processes)"
         raise ValueError(f"{what} is not divisible by the 'data' mesh axis of size {d}; "
                          f"pad the batch to a multiple of {d} or use a smaller data axis")
 
@@ -246,9 +219,11 @@ def global_batch(local_batch: Any, mesh: Mesh) -> Any:
     """Assemble each process's local rows into global arrays split over ``data``.
 
     Multi-host: every process passes its own ``[local_rows, ...]`` numpy arrays (its
-    slice of the global batch, in process order); the result is one global
-    ``jax.Array`` of ``[local_rows * process_count, ...]`` rows. With one process it is
-    ``shard_batch``.
+    slice of the global batch, in process order, for a mesh whose ``data`` axis is split
+    by process as `make_mesh` makes it); the result is one global ``jax.Array`` of
+    ``[local_rows * process_count, ...]`` rows, which ``generate`` takes as the global
+    batch (every process gets the global result; `jaxgen.distributed`). With one process
+    it is ``shard_batch``.
     """
     mesh = auto_axes(mesh)
 
@@ -261,24 +236,27 @@ def global_batch(local_batch: Any, mesh: Mesh) -> Any:
     return jax.tree.map(put, local_batch)
 
 
-def place_prompt(prep: Any, params: Any) -> tuple[Any, Any]:
-    """``(input_ids, attention_mask)`` of a ``generate.Prepared`` request, split over the
-    ``data`` axis when ``params`` live on a multi-device mesh (else returned as they are).
+def place_prompt(request: Any, params: Any) -> tuple[Any, Any]:
+    """``(input_ids, attention_mask)`` of a ``generate`` request (`jaxgen.decoding.Request`),
+    split over the ``data`` axis when ``params`` live on a multi-device mesh (else returned
+    as they are).
 
     Raises ValueError (before anything compiles) when the rows (batch * num_beams, or
-    batch * num_return_sequences) do not divide the ``data`` axis.
+    batch * num_return_sequences) do not divide the ``data`` axis, or the model's kv heads
+    do not divide the ``model`` axis.
     """
     mesh = params_mesh(params)
     if mesh is None:
-        return prep.input_ids, prep.attention_mask
-    cfg = prep.config
-    repeat = cfg.num_beams if cfg.num_beams > 1 else (cfg.num_return_sequences or 1)
-    rows = prep.input_ids.shape[0]
-    check_batch(rows, mesh, batch=rows // repeat, repeat=repeat)
-    check_model(prep.spec.model, mesh)
+        return request.input_ids, request.attention_mask
+    rows = request.input_ids.shape[0]
+    repeat = request.strategy.rows_per_prompt(request.config)
+    hosts = getattr(request, "hosts", None)
+    check_batch(rows, mesh, batch=rows // repeat, repeat=repeat,
+                processes=hosts.count if hosts is not None and hosts.local else 1)
+    check_model(request.model, mesh)
     rows_spec = NamedSharding(mesh, P("data", None))
-    return (jax.device_put(prep.input_ids, rows_spec),
-            jax.device_put(prep.attention_mask, rows_spec))
+    return (jax.device_put(request.input_ids, rows_spec),
+            jax.device_put(request.attention_mask, rows_spec))
 
 
 # ------------------------------------------------------------------ memory per device
@@ -300,6 +278,15 @@ def llama2_70b() -> Any:
                        num_hidden_layers=80, num_attention_heads=64, num_key_value_heads=8)
 
 
+def llama3_8b() -> Any:
+    """Llama-3-8B's architecture (32 layers, d 4096, MLP 14336, 32 heads, 8 kv heads)."""
+    from jaxgen.models import LlamaConfig
+
+    return LlamaConfig(vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+                       num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                       rope_theta=500000.0, max_position_embeddings=8192)
+
+
 def _div(n: int, size: int, what: str, axis: str) -> int:
     if n % size:
         raise ValueError(f"{what}={n} is not divisible by the {axis!r} mesh axis of size {size}")
@@ -314,9 +301,10 @@ def memory_per_device(config: Any, *, batch: int, length: int,
 
     config: a ``LlamaConfig``; batch: rows decoded at once (split over ``data``);
     length: KV cache slots (prompt + new tokens); shard_vocab: False replicates the
-    embedding and the output head. Parameters are replicated over ``data``.
-    Returns ``{"params_bytes", "kv_cache_bytes", "total_bytes", "params_gib",
-    "kv_cache_gib", "total_gib"}``.
+    embedding and the output head. Parameters are replicated over ``data``; kv heads
+    are repeated when the ``model`` axis exceeds them (`replicated_kv_heads`), and the
+    copies are counted. Returns ``{"params_bytes", "kv_cache_bytes", "total_bytes",
+    "params_gib", "kv_cache_gib", "total_gib", "kv_heads_per_device"}``.
 
     Example: ``memory_per_device(llama2_7b(), batch=8, length=4096)["params_gib"]`` ~ 12.55.
     """
@@ -326,7 +314,8 @@ def memory_per_device(config: Any, *, batch: int, length: int,
     data, model = (int(s) for s in mesh_shape)
     item = jnp.dtype(dtype).itemsize
     d, hd, inter = c.hidden_size, c.head_dim, c.intermediate_size
-    heads, kv = c.num_attention_heads, c.num_key_value_heads
+    heads = c.num_attention_heads
+    kv = replicated_kv_heads(heads, c.num_key_value_heads, model)  # with copies
     q_cols = _div(heads * hd, model, "num_attention_heads * head_dim", "model")
     kv_cols = _div(kv * hd, model, "num_key_value_heads * head_dim", "model")
     inter_local = _div(inter, model, "intermediate_size", "model")
@@ -347,17 +336,12 @@ def memory_per_device(config: Any, *, batch: int, length: int,
     rows = _div(batch, data, "batch", "data")
     kv_local = _div(kv, model, "num_key_value_heads", "model")
     cache = 2 * c.num_hidden_layers * rows * kv_local * length * hd  # k and v
-    out: dict[str, float] = {"params_bytes": n_params * item, "kv_cache_bytes": cache * item}
+    out: dict[str, float] = {"params_bytes": n_params * item, "kv_cache_bytes": cache * item,
+                             "kv_heads_per_device": kv_local}
     out["total_bytes"] = out["params_bytes"] + out["kv_cache_bytes"]
     for key in ("params", "kv_cache", "total"):
         out[f"{key}_gib"] = out[f"{key}_bytes"] / 2 ** 30
     return out
 
 
-def to_host(x: Any) -> np.ndarray:
-    """A global array as numpy on every process (``process_allgather`` on several hosts)."""
-    if jax.process_count() == 1 or getattr(x, "is_fully_addressable", True):
-        return np.asarray(x)
-    from jax.experimental import multihost_utils
-
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+to_host = host  # a global array as numpy on every process (`jaxgen.decoding.output.host`)

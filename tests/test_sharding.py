@@ -56,7 +56,7 @@ def _assert(results: dict[str, list], name: str) -> None:
 PARITY = (
     [f"{s}-{m}-{mesh}" for m in ("llama", "gpt2") for s in ("greedy", "beam")
      for mesh in MESHES]
-    + ["greedy-llama_gqa-2x4", "beam-llama_gqa-2x4", "heads_error-llama_gqa-1x8",
+    + ["greedy-llama_gqa-2x4", "beam-llama_gqa-2x4", "greedy-llama_gqa-1x8", "beam-llama_gqa-1x8",
        "sample-llama-8x1", "beam_sample-llama-8x1", "sample-gpt2-8x1",
        "no_recompile-repeat", "no_recompile-chunks", "chunks-equal", "kv_cache_placement"])
 
@@ -67,8 +67,26 @@ def test_sharded_matches_one_device(parity: dict[str, list], name: str) -> None:
     _assert(parity, name)
 
 
-def test_no_unexpected_failures(parity: dict[str, list], inspect: dict[str, list]) -> None:
-    bad = {k: v[1] for r in (parity, inspect) for k, v in r.items() if not v[0]}
+@pytest.fixture(scope="module")
+def kv(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list]:
+    return _run_case("kv", tmp_path_factory)
+
+
+KV = ["greedy-bundled-2x4", "beam-bundled-2x4", "kv-config", "kv-shard", "kv-copies",
+      "kv-memory-params", "kv-memory-cache", "kv-unreplicated-error", "kv-in-memory",
+      "kv-gguf-2x4", "kv-heads-error"]
+
+
+@pytest.mark.parametrize("name", KV)
+def test_replicated_kv_heads(kv: dict[str, list], name: str) -> None:
+    """The bundled model (2 kv heads) on a model axis of 4: each kv head twice, the same
+    tokens as one device (greedy, beam); shards, cache and memory_per_device agree."""
+    _assert(kv, name)
+
+
+def test_no_unexpected_failures(parity: dict[str, list], inspect: dict[str, list],
+                                kv: dict[str, list]) -> None:
+    bad = {k: v[1] for r in (parity, inspect, kv) for k, v in r.items() if not v[0]}
     assert not bad, bad
 
 
@@ -154,8 +172,17 @@ def test_memory_per_device_llama2_numbers() -> None:
                                shard_vocab=False)
     split = S.memory_per_device(S.llama2_7b(), batch=8, length=4096, mesh_shape=(1, 8))
     assert repl["params_bytes"] - split["params_bytes"] == 2 * 2 * 32000 * 4096 * 7 // 8
-    with pytest.raises(ValueError, match="num_key_value_heads=8"):
-        S.memory_per_device(S.llama2_70b(), batch=8, length=4096, mesh_shape=(1, 64))
+    # (1, 64): 8 kv heads repeated 8 times, one per device, counted
+    m64 = S.memory_per_device(S.llama2_70b(), batch=8, length=4096, mesh_shape=(1, 64))
+    assert m64["kv_heads_per_device"] == 1
+    assert m64["kv_cache_bytes"] == m70["kv_cache_bytes"] // 8
+    kv_proj = 2 * 80 * 8192 * 128 * 2  # k and v of one kv head per layer, bf16
+    norms = (2 * 80 + 1) * 8192 * 2
+    assert m64["params_bytes"] == (m70["params_bytes"] - norms - 8 * kv_proj) // 64 \
+        + norms + kv_proj
+    assert S.replicated_kv_heads(32, 8, 16) == 16 and S.replicated_kv_heads(12, 4, 6) == 12
+    with pytest.raises(ValueError, match="num_attention_heads=64"):
+        S.memory_per_device(S.llama2_70b(), batch=8, length=4096, mesh_shape=(1, 128))
     with pytest.raises(ValueError, match="batch=8.*'data'"):
         S.memory_per_device(S.llama2_7b(), batch=8, length=4096, mesh_shape=(16, 4))
 

@@ -115,14 +115,10 @@ def parity() -> Results:
         ref_lm = jaxgen.load(path)
         refs = {s: ref_lm.generate(ids, mask, **kw) for s, kw in STRATEGIES.items()}
         # the GQA model (4 kv heads) only where it adds something: a split kv axis, and
-        # the error for a model axis of 8
+        # a model axis of 8 (each kv head repeated twice)
         for shape in [(2, 4), (1, 8)] if name == "llama_gqa" else MESHES:
             key = f"{name}-{shape[0]}x{shape[1]}"
-            if name == "llama_gqa" and shape[1] == 8:
-                res.guard(f"heads_error-{key}", _heads_error, res, key, path, shape)
-            else:
-                res.guard(f"greedy-{key}", _mesh_parity, res, key, path, shape, refs, ids,
-                          mask)
+            res.guard(f"greedy-{key}", _mesh_parity, res, key, path, shape, refs, ids, mask)
         sample_kw = {"sample": dict(max_new_tokens=12, do_sample=True, top_k=20)}
         if name == "llama":
             sample_kw["beam_sample"] = dict(max_new_tokens=12, do_sample=True, num_beams=2)
@@ -133,20 +129,11 @@ def parity() -> Results:
     return res
 
 
-def _heads_error(res: Results, key: str, path: Path, shape: tuple[int, int]) -> None:
-    try:
-        jaxgen.load(path, mesh=S.make_mesh(shape))
-    except ValueError as e:
-        msg = str(e)
-        res.check(f"heads_error-{key}", "num_key_value_heads=4" in msg and "8" in msg, msg)
-    else:
-        res.check(f"heads_error-{key}", False, "no error")
-
-
-def _mesh_parity(res: Results, key: str, path: Path, shape: tuple[int, int],
-                 refs: dict[str, np.ndarray], ids: np.ndarray, mask: np.ndarray) -> None:
+def _mesh_parity(res: Results, key: str, path: Path | None, shape: tuple[int, int],
+                 refs: dict[str, np.ndarray], ids: np.ndarray, mask: np.ndarray,
+                 strategies: dict[str, dict[str, Any]] = STRATEGIES) -> None:
     lm = jaxgen.load(path, mesh=S.make_mesh(shape))
-    for strategy, kw in STRATEGIES.items():
+    for strategy, kw in strategies.items():
         res.check(f"{strategy}-{key}", *_same(lm.generate(ids, mask, **kw), refs[strategy]))
 
 
@@ -170,13 +157,13 @@ def _no_recompile(res: Results, path: Path, ids: np.ndarray, mask: np.ndarray) -
     res.check("no_recompile-repeat", len(_COMPILES) == n0, f"{len(_COMPILES) - n0} compiles")
     prep = prepare(lm.model, ids, mask, config=lm.generation_config, max_new_tokens=12)
     state = start(prep, lm.params)
-    spec = state.cache.k.sharding.spec
+    spec = state.loop.cache.k.sharding.spec
     res.check("kv_cache_placement", tuple(spec)[:3] == (None, "data", "model"), spec)
     four = np.asarray(4, np.int32)
-    state = run_steps(prep.spec, lm.params, state, four)
+    state = run_steps(prep.strategy, lm.params, state, four)
     n1 = len(_COMPILES)
-    state = run_steps(prep.spec, lm.params, state, four)
-    state = run_steps(prep.spec, lm.params, state, four)
+    state = run_steps(prep.strategy, lm.params, state, four)
+    state = run_steps(prep.strategy, lm.params, state, four)
     res.check("no_recompile-chunks", len(_COMPILES) == n1, f"{len(_COMPILES) - n1} compiles")
     ref = jaxgen.load(path).generate(ids, mask, max_new_tokens=12)
     res.check("chunks-equal", *_same(finish(prep, state), ref))
@@ -261,7 +248,7 @@ def inspect() -> Results:
             prep = prepare(lm.model, ids, mask, config=lm.generation_config,
                            max_new_tokens=8)
             state = start(prep, lm.params)
-            text = run_steps.lower(prep.spec, lm.params, state,
+            text = run_steps.lower(prep.strategy, lm.params, state,
                                    np.asarray(7, np.int32)).compile().as_text()
             ops = _collectives(text)
             weights = {tuple(x.shape) for x in jax.tree.leaves(lm.params) if x.ndim == 2}
@@ -313,7 +300,92 @@ def inspect() -> Results:
     return res
 
 
-CASES = {"parity": parity, "inspect": inspect}
+def kv() -> Results:
+    """Repeated kv heads on the bundled model (4 query heads, 2 kv heads): (2, 4) equals
+    one device (greedy, beam), via load and via `replicate_kv_heads`; the shards, the
+    cache and memory_per_device; the errors."""
+    from jaxgen import placement
+    from jaxgen.generate import prepare, start
+
+    res = Results()
+    ref = jaxgen.load()
+    ids, mask = prompts(seed=1)
+    plain = {s: {**kw, "do_sample": False} for s, kw in STRATEGIES.items()}  # model samples
+    refs = {s: ref.generate(ids, mask, **kw) for s, kw in plain.items()}
+    res.guard("greedy-bundled-2x4", _mesh_parity, res, "bundled-2x4", None, (2, 4), refs, ids,
+              mask, plain)
+
+    def layout() -> None:
+        lm = jaxgen.load(mesh=S.make_mesh((2, 4)))
+        c = lm.model.config
+        k = lm.params["layers_0"]["self_attn"]["k_proj"]["kernel"]   # [d, 4 kv * hd]
+        res.check("kv-config", c.num_key_value_heads == 4 and c.num_attention_heads == 4, c)
+        res.check("kv-shard", k.addressable_shards[0].data.shape == (c.hidden_size,
+                                                                     c.head_dim), k.sharding)
+        stored = np.asarray(ref.params["layers_0"]["self_attn"]["k_proj"]["kernel"])
+        hd = c.head_dim
+        want = np.concatenate([stored[:, (j // 2) * hd:(j // 2 + 1) * hd] for j in range(4)], 1)
+        res.check("kv-copies", (np.asarray(k) == want).all(), "")
+        held = sum(s.data.nbytes for x in jax.tree.leaves(lm.params)
+                   for s in x.addressable_shards if s.device == jax.devices()[0])
+        prep = prepare(lm.model, ids, mask, config=lm.generation_config, max_new_tokens=12)
+        cache = start(prep, lm.params).loop.cache.k               # [L, rows, kv, slots, hd]
+        shard = cache.addressable_shards[0].data
+        mem = S.memory_per_device(ref.model.config, batch=8, length=cache.shape[3],
+                                  mesh_shape=(2, 4), dtype="float32")
+        res.check("kv-memory-params", held == mem["params_bytes"],
+                  f"held {held}, computed {mem['params_bytes']}")
+        res.check("kv-memory-cache", 2 * shard.nbytes == mem["kv_cache_bytes"]
+                  and shard.shape[2] == mem["kv_heads_per_device"] == 1,
+                  f"{shard.shape}, {mem}")
+    res.guard("kv-config", layout)
+
+    def in_memory() -> None:
+        mesh = S.make_mesh((2, 4))
+        lm = jaxgen.load()
+        lm.params = S.shard_params(lm.params, mesh, model=lm.model)
+        try:
+            lm.generate(ids, mask, max_new_tokens=4, do_sample=False)
+            res.check("kv-unreplicated-error", False, "no error")
+        except ValueError as e:
+            res.check("kv-unreplicated-error", "num_key_value_heads=2" in str(e)
+                      and "replicate_kv_heads" in str(e), e)
+        lm.model, params = placement.replicate_kv_heads(lm.model, jaxgen.load().params, mesh)
+        lm.params = S.shard_params(params, mesh, model=lm.model)
+        res.check("kv-in-memory", *_same(lm.generate(ids, mask, **plain["greedy"]),
+                                         refs["greedy"]))
+    res.guard("kv-unreplicated-error", in_memory)
+
+    res.guard("kv-gguf-2x4", _gguf_on_mesh, res, ids, mask, plain["greedy"])
+    try:
+        jaxgen.load(mesh=S.make_mesh((1, 8)))
+        res.check("kv-heads-error", False, "no error")
+    except ValueError as e:
+        res.check("kv-heads-error", "num_attention_heads=4" in str(e) and "size 8" in str(e), e)
+    return res
+
+
+def _gguf_on_mesh(res: Results, ids: np.ndarray, mask: np.ndarray, kw: dict[str, Any]) -> None:
+    """A Q8_0 GGUF (4 query, 2 kv heads; permuted q/k) read by windows onto (2, 4)."""
+    import gguf
+    import torch
+    import transformers
+
+    from tests.gguf_files import write_gguf
+
+    torch.manual_seed(0)
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+        initializer_range=0.1)).eval()
+    path = write_gguf(Path(tempfile.mkdtemp()) / "tiny.gguf", "llama", hf,
+                      qtype=gguf.GGMLQuantizationType.Q8_0)
+    ref = jaxgen.load(path).generate(ids, mask, **kw)
+    lm = jaxgen.load(path, mesh=S.make_mesh((2, 4)))
+    res.check("kv-gguf-2x4", *_same(lm.generate(ids, mask, **kw), ref))
+
+
+CASES = {"parity": parity, "inspect": inspect, "kv": kv}
 
 if __name__ == "__main__":
     case, out = sys.argv[1], sys.argv[2]
