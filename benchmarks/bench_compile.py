@@ -87,10 +87,10 @@ def _random_dir(root: Path, layers: int) -> Path:
                       num_hidden_layers=layers, num_attention_heads=9, num_key_value_heads=3,
                       tie_word_embeddings=True, rope_theta=100000.0, bos_token_id=1,
                       eos_token_id=2, pad_token_id=2)
-    model = Llama(cfg, scan_layers=True)
+    model = Llama(cfg)
     params = model.init_params(jax.random.key(0))
     save_checkpoint(model, params, out)
-    lm.tokenizer.save(out / "tokenizer.json")
+    lm.tokenizer.backend.save(str(out / "tokenizer.json"))
     return out
 
 

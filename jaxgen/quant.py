@@ -20,7 +20,9 @@ from typing import Any
 
 import jax
 
-from jaxgen.models.quant import QTensor, quantize
+from jaxgen.models.quant import is_quantized, quantize
+
+__all__ = ["check_settings", "is_quantized", "prepare", "quantize_params"]
 
 QUANTIZE = (None, "int8")
 KV_CACHE_DTYPES = (None, "int8")
@@ -72,8 +74,3 @@ def prepare(model: Any, params: dict[str, Any], *, scan_layers: bool, quantize: 
         model = dataclasses.replace(model, kv_cache_dtype=kv_cache_dtype)
     return model, params
 
-
-def is_quantized(params: dict[str, Any]) -> bool:
-    """Whether any leaf of ``params`` is a `QTensor`."""
-    return any(isinstance(x, QTensor) for x in jax.tree.leaves(
-        params, is_leaf=lambda x: isinstance(x, QTensor)))

@@ -106,3 +106,32 @@ def test_gpt2_refuses_int8_by_name():
     with pytest.raises(ValueError, match="quantize='int8' is for the decoder families"):
         prepare(gpt2, gpt2.init_params(jax.random.key(0)), scan_layers=False,
                 quantize="int8", kv_cache_dtype=None)
+
+
+def test_every_strategy_runs_on_int8_and_speculation_stays_exact(tmp_path):
+    """int8 weights + int8 cache through greedy, sampling, beams (reorder_cache), prompt
+    lookup (rewinds) and contrastive search; prompt lookup equals plain greedy."""
+    q = jaxgen.load(quantize="int8", kv_cache_dtype="int8")
+    ids = q.tokenizer(["ROMEO:\nO, ROMEO:\nO,"])
+    greedy = np.asarray(q.generate(**ids, max_new_tokens=16, do_sample=False))
+    lookup = np.asarray(q.generate(**ids, max_new_tokens=16, do_sample=False,
+                                   prompt_lookup_num_tokens=3))
+    np.testing.assert_array_equal(lookup, greedy)
+    for kw in (dict(do_sample=True, top_k=20), dict(num_beams=3, do_sample=False),
+               dict(penalty_alpha=0.6, top_k=4)):
+        out = np.asarray(q.generate(**ids, max_new_tokens=8, rng=1, **kw))
+        assert out.shape == (1, ids["input_ids"].shape[1] + 8), kw
+
+
+def test_scanned_params_save_in_the_hugging_face_layout(tmp_path):
+    from jaxgen.models import save_checkpoint
+
+    lm = jaxgen.load(scan_layers=True)
+    save_checkpoint(lm.model, lm.params, tmp_path)
+    back = load_checkpoint(tmp_path)[1]
+    np.testing.assert_array_equal(
+        np.asarray(back["layers_1"]["mlp"]["up_proj"]["kernel"]),
+        np.asarray(lm.params["layers"][0]["0"]["mlp"]["up_proj"]["kernel"][1]))
+    with pytest.raises(ValueError, match="int8"):
+        save_checkpoint(*prepare(lm.model, lm.params, scan_layers=False, quantize="int8",
+                                 kv_cache_dtype=None), tmp_path)

@@ -74,7 +74,7 @@ def kv(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list]:
 
 KV = ["greedy-bundled-2x4", "beam-bundled-2x4", "kv-config", "kv-shard", "kv-copies",
       "kv-memory-params", "kv-memory-cache", "kv-unreplicated-error", "kv-in-memory",
-      "kv-gguf-2x4", "kv-heads-error"]
+      "kv-gguf-2x4", "kv-heads-error", "int8-2x4"]
 
 
 @pytest.mark.parametrize("name", KV)

@@ -27,6 +27,7 @@ from jax import lax
 from safetensors.numpy import save_file
 
 from jaxgen.models.base import CausalLM
+from jaxgen.models.quant import is_quantized
 from jaxgen.models.registry import Family, TensorNames, family_for_config, family_of
 
 Specs = dict[tuple[str, ...], jax.ShapeDtypeStruct]
@@ -335,6 +336,11 @@ def save_checkpoint(model: CausalLM, params: dict[str, Any], path: str | os.Path
     in Hugging Face layout, in the model's dtype; tied lm_heads are not written."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    if is_quantized(params):
+        raise ValueError("save_checkpoint writes float weights; these params are int8 "
+                         "(quantize='int8'): save the float model instead")
+    if getattr(model, "scan_layers", False):  # stacked layers: write Hugging Face's layout
+        params, model = model.unstack_params(params), model.with_scan(False)
     names = _family(model).tensors
     specs = _param_specs(model)
     flat = jax.tree_util.tree_flatten_with_path(params)[0]

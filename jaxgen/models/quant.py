@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 from flax import struct
 from jax import lax
@@ -45,6 +46,12 @@ class QTensor:
 
     def dequantize(self, dtype: Any = jnp.float32) -> Array:
         return (self.q.astype(jnp.float32) * self.scale).astype(dtype)
+
+
+def is_quantized(params: Any) -> bool:
+    """Whether any leaf of ``params`` is a `QTensor`."""
+    return any(isinstance(x, QTensor) for x in jax.tree.leaves(
+        params, is_leaf=lambda x: isinstance(x, QTensor)))
 
 
 def quantize(x: Float[Array, "*dims"], axis: int) -> QTensor:
@@ -111,9 +118,11 @@ class Int8KVCache(KVCache):
               dtype: Any = jnp.float32) -> Int8KVCache:
         """An empty cache, index 0 (``dtype`` is ignored: keys/values are int8)."""
         shape = (layers, batch, kv_heads, length, head_dim)
-        ones = jnp.ones((*shape[:4], 1), jnp.float32)
+        def ones() -> Array:  # one buffer each: a donated cache must not alias
+            return jnp.ones((*shape[:4], 1), jnp.float32)
+
         return cls(k=jnp.zeros(shape, jnp.int8), v=jnp.zeros(shape, jnp.int8),
-                   index=jnp.zeros((), jnp.int32), k_scale=ones, v_scale=ones)
+                   index=jnp.zeros((), jnp.int32), k_scale=ones(), v_scale=ones())
 
     def update(self, layer: Any, k: Float[Array, "batch t kv hd"], v: Array
                ) -> tuple[Int8KVCache, Any, Any]:

@@ -357,6 +357,13 @@ def kv() -> Results:
     res.guard("kv-unreplicated-error", in_memory)
 
     res.guard("kv-gguf-2x4", _gguf_on_mesh, res, ids, mask, plain["greedy"])
+
+    def int8() -> None:  # int8 weights + cache on the (2, 4) mesh equal them on one device
+        kw = {"quantize": "int8", "kv_cache_dtype": "int8"}
+        one = jaxgen.load(**kw).generate(ids, mask, **plain["greedy"])
+        res.check("int8-2x4", *_same(jaxgen.load(mesh=S.make_mesh((2, 4)), **kw).generate(
+            ids, mask, **plain["greedy"]), one))
+    res.guard("int8-2x4", int8)
     try:
         jaxgen.load(mesh=S.make_mesh((1, 8)))
         res.check("kv-heads-error", False, "no error")
