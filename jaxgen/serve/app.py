@@ -25,7 +25,7 @@ from jaxgen.serve import responses as R
 from jaxgen.serve.convert import Plan, chat_plan, check_common, completion_plan, prompt_list
 from jaxgen.serve.errors import APIError, from_validation
 from jaxgen.serve.schemas import ChatRequest, CompletionRequest
-from jaxgen.serve.text import ChoiceText, first_stop
+from jaxgen.serve.text import ChoiceText
 
 log = logging.getLogger("jaxgen.serve")
 Endpoint = Callable[[Request], Awaitable[Any]]
@@ -57,16 +57,10 @@ class Run:
             pass
         self.event.clear()
 
-    async def results(self, tok: Any) -> list[Any]:
-        """The finished results; a choice whose text holds a stop string is cancelled at
-        once (the engine's own matcher may stop it later, or not at all)."""
+    async def results(self) -> list[Any]:
+        """The finished results (the engine stops each choice at its stop strings)."""
         while not all(h.done for h in self.handles):
             await self.wait()
-            for h in self.handles:
-                if self.plan.stops and not h.done and not h.cancelled and first_stop(
-                        tok.decode(h.tokens[:], skip_special_tokens=True),
-                        self.plan.stops) is not None:
-                    h.cancel()
         out = [h.result() for h in self.handles]
         for r in out:
             if r.finish_reason == "error":
@@ -234,7 +228,7 @@ class Server:
             usage = req.stream_options is not None and req.stream_options.include_usage
             return EventStream(self.events(chat, run, rid, echoes, usage), run)
         try:
-            results = await run.results(self.tok)
+            results = await run.results()
         finally:
             run.cancel()
         kind = "chat.completion" if chat else "text_completion"
