@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 from jax import lax
 from jaxtyping import Array, Bool, Float
 
@@ -23,6 +24,14 @@ from jaxgen.models.live import BLOCK, LiveSlots, buckets
 # Masked attention scores use a large finite negative value, never -inf, so that a
 # fully masked (pad) query row gives a uniform softmax instead of NaN.
 MASK_VALUE = -1e9
+
+
+@struct.dataclass
+class KVMajor:
+    """Keys or values laid out ``[kv, batch, S, hd]`` (what a paged cache gathers): the
+    attention dots take them with ``(kv, batch)`` as leading batch dims, no transpose."""
+
+    x: Float[Array, "kv batch S hd"]
 
 
 def attend(q: Float[Array, "batch t heads hd"], keys: Any, values: Any,
@@ -39,6 +48,9 @@ def attend(q: Float[Array, "batch t heads hd"], keys: Any, values: Any,
     `LiveSlots` are read up to the smallest bucket holding every visible slot
     (`jaxgen.models.live`): a decode step's cost follows the tokens so far.
     """
+    if isinstance(keys, KVMajor):
+        return _attend_major(q, keys.x, values.x, visible, scale, softcap, with_probs,
+                             kv_first=True)
     if not isinstance(keys, LiveSlots):
         return _attend(q, (keys, None), (values, None), visible, scale, softcap, with_probs)
     sizes = buckets(keys.slots)
@@ -57,31 +69,55 @@ def attend(q: Float[Array, "batch t heads hd"], keys: Any, values: Any,
 def _attend(q: Float[Array, "batch t heads hd"], keys: tuple[Array, Any], values: tuple,
             visible: Bool[Array, "batch t S"], scale: Any, softcap: float | None,
             with_probs: bool) -> tuple[Array, Array | None]:
-    """`attend` over arrays; ``keys``/``values`` are ``(array, per-slot scale or None)``
-    (int8 stacks: scores ``(q @ k) * k_scale``, output ``(p * v_scale) @ v``)."""
+    """`attend` over ``[batch, kv, S, hd]`` arrays; ``keys``/``values`` are ``(array,
+    per-slot scale or None)`` (int8 stacks: scores ``(q @ k) * k_scale``, output ``(p *
+    v_scale) @ v``)."""
     (keys, k_scale), (values, v_scale) = keys, values
+    return _attend_major(q, keys, values, visible, scale, softcap, with_probs,
+                         kv_first=False, k_scale=k_scale, v_scale=v_scale)
+
+
+def _scores(s: Array, visible: Array, scale: Any,
+            softcap: float | None) -> Array:
+    """Scaled (soft-capped) scores, ``MASK_VALUE`` where not ``visible``."""
+    s = s * scale if softcap is None else jnp.tanh(s * scale / softcap) * softcap
+    return jnp.where(visible, s, MASK_VALUE)
+
+
+def _attend_major(q: Float[Array, "batch t heads hd"], keys: Array, values: Array,
+                  visible: Bool[Array, "batch t S"], scale: Any, softcap: float | None,
+                  with_probs: bool, *, kv_first: bool, k_scale: Any = None,
+                  v_scale: Any = None) -> tuple[Array, Array | None]:
+    """Both dots batch over the two leading dims of ``keys``/``values`` (``[kv, batch, S,
+    hd]`` when ``kv_first``, else ``[batch, kv, S, hd]``) and put the query rows before
+    the contracted dim: the layouts XLA:CPU's fast dot takes without a transpose of the
+    keys (only the small query and output are transposed)."""
     b, t, heads, hd = q.shape
-    kv = keys.shape[1]
-    q = q.reshape(b, t, kv, heads // kv, hd)  # [batch, t, kv, group, hd]
-    if k_scale is None:
-        scores = jnp.einsum("btkgd,bksd->bkgts", q, keys, preferred_element_type=jnp.float32)
-    else:  # int8 keys: one scale per key slot, applied to its scores
-        scores = jnp.einsum("btkgd,bksd->bkgts", q.astype(jnp.float32), keys,
-                            preferred_element_type=jnp.float32) * _per_slot(k_scale)
-    if softcap is None:
-        scores = jnp.where(visible[:, None, None], scores * scale, MASK_VALUE)
-    else:
-        scores = jnp.where(visible[:, None, None], jnp.tanh(scores * scale / softcap) * softcap,
-                           MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1)
-    if v_scale is None:
-        probs = probs.astype(values.dtype)
-        out = jnp.einsum("bkgts,bksd->btkgd", probs, values)  # [batch, t, kv, group, hd]
-    else:
-        out = jnp.einsum("bkgts,bksd->btkgd", probs * _per_slot(v_scale), values,
-                         preferred_element_type=jnp.float32).astype(q.dtype)
-    # [batch, kv, group, t, S] -> [batch, heads, t, S]
-    return out.reshape(b, t, heads * hd), probs.reshape(b, heads, t, -1) if with_probs else None
+    kv, s = keys.shape[0 if kv_first else 1], keys.shape[2]
+    g = heads // kv
+    lead = (2, 0) if kv_first else (0, 2)        # q [b, t, kv, g, hd] -> [*lead, t, g, hd]
+    qk = q.reshape(b, t, kv, g, hd).transpose(*lead, 1, 3, 4).reshape(*keys.shape[:2], t * g, hd)
+    if k_scale is not None:
+        qk = qk.astype(jnp.float32)
+    dims = (((3,), (3,)), ((0, 1), (0, 1)))
+    raw = lax.dot_general(qk, keys, dims, preferred_element_type=jnp.float32)
+    raw = raw.reshape(*keys.shape[:2], t, g, s)
+    if k_scale is not None:
+        raw = raw * _per_slot(k_scale)
+    vis = visible[None, :, :, None] if kv_first else visible[:, None, :, None]
+    probs = jax.nn.softmax(_scores(raw, vis, scale, softcap), axis=-1)
+    p = probs if v_scale is None else probs * _per_slot(v_scale)
+    p = p.reshape(*keys.shape[:2], t * g, s).astype(jnp.float32 if v_scale is not None
+                                                    else values.dtype)
+    out = lax.dot_general(p, values, (((3,), (2,)), ((0, 1), (0, 1))),
+                          preferred_element_type=jnp.float32 if v_scale is not None else None)
+    back = (1, 2, 0, 3, 4) if kv_first else (0, 2, 1, 3, 4)     # -> [b, t, kv, g, hd]
+    out = out.reshape(*keys.shape[:2], t, g, hd).transpose(*back).reshape(b, t, heads * hd)
+    out = out.astype(q.dtype)
+    if not with_probs:
+        return out, None
+    pb = (1, 0, 3, 2, 4) if kv_first else (0, 1, 3, 2, 4)       # -> [b, kv, g, t, S]
+    return out, probs.transpose(*pb).reshape(b, heads, t, s)
 
 
 def _per_slot(scale: Float[Array, "batch kv S 1"]) -> Float[Array, "batch kv 1 1 S"]:
