@@ -181,3 +181,23 @@ def test_compile_count_flat_over_200_requests(lm, count_compiles):
         batch(200, 100)
     assert c.count == 0
     assert eng.counters["tokens"] > 400
+
+
+def test_int8_cache_engine_equals_generate_on_the_int8_model():
+    """A ``kv_cache_dtype="int8"`` model pages int8 blocks with their scales: the engine
+    equals ``generate`` on that model through chunked prefill (the writing path) and
+    span-switched decode (the deferred path), greedy and sampled."""
+    q = jaxgen.load(kv_cache_dtype="int8")
+    eng = jaxgen.Engine(q, max_slots=2, max_length=256, prefill_chunk=16, steps_per_round=8)
+    pool = eng.state.loop.cache
+    assert pool.k.dtype == np.int8 and pool.k_scale.shape == (*pool.k.shape[:4], 1)
+    assert eng.block_bytes == 2 * pool.k[:, :, 0].size * (1 + 4 / pool.k.shape[-1])
+    rs = np.random.RandomState(3)
+    reqs = [(rs.randint(1, 2000, 140).tolist(), 30), (rs.randint(1, 2000, 9).tolist(), 24),
+            (rs.randint(1, 2000, 40).tolist(), 16)]
+    handles = [eng.submit(ids, max_new_tokens=n, do_sample=bool(i % 2), seed=i)
+               for i, (ids, n) in enumerate(reqs)]
+    eng.run()
+    for i, ((ids, n), h) in enumerate(zip(reqs, handles, strict=True)):
+        assert h.result().tokens == alone(q, ids, seed=i, max_new_tokens=n,
+                                          do_sample=bool(i % 2))

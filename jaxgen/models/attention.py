@@ -32,6 +32,7 @@ class KVMajor:
     attention dots take them with ``(kv, batch)`` as leading batch dims, no transpose."""
 
     x: Float[Array, "kv batch S hd"]
+    scale: Float[Array, "kv batch S 1"] | None = None   # int8 values: per-slot scales
 
 
 def attend(q: Float[Array, "batch t heads hd"], keys: Any, values: Any,
@@ -50,7 +51,7 @@ def attend(q: Float[Array, "batch t heads hd"], keys: Any, values: Any,
     """
     if isinstance(keys, KVMajor):
         return _attend_major(q, keys.x, values.x, visible, scale, softcap, with_probs,
-                             kv_first=True)
+                             kv_first=True, k_scale=keys.scale, v_scale=values.scale)
     if not isinstance(keys, LiveSlots):
         return _attend(q, (keys, None), (values, None), visible, scale, softcap, with_probs)
     sizes = buckets(keys.slots)

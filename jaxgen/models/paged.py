@@ -37,31 +37,40 @@ from jaxgen.models.cache import (
     attention_visibility,
     checked_index,
 )
+from jaxgen.models.quant import quantize
 
 Pool = Float[Array, "layers kv blocks block hd"]  # pool[layer]: Pallas' k_pages layout
 
 
 @struct.dataclass
 class PagedCache:
-    """Paged keys/values of the layers of one kind (see the module docstring)."""
+    """Paged keys/values of the layers of one kind (see the module docstring). An int8
+    pool (`jaxgen.models.quant.Int8KVCache`'s layout) keeps one float32 scale per token
+    and kv head in ``k_scale``/``v_scale`` ``[layers, kv, blocks, B, 1]``."""
 
     k: Pool
     v: Pool
     table: Int[Array, "batch max_blocks"]
     index: WriteIndex
-    # a deferred view (`attention_span(..., deferred=True)`): this call's keys/values,
-    # ``[layers, batch, t, kv, hd]``, written to the pool afterwards by `flush`
-    fresh_k: Array | None = None
-    fresh_v: Array | None = None
+    # a deferred view (`attention_span(..., deferred=True)`): this call's keys/values per
+    # part (`parts`), ``[layers, batch, t, kv, last]``, written afterwards by `flush`
+    fresh_k: tuple[Array, ...] | None = None
+    fresh_v: tuple[Array, ...] | None = None
+    k_scale: Array | None = None
+    v_scale: Array | None = None
 
     @classmethod
     def zeros(cls, layers: int, batch: int, kv_heads: int, head_dim: int, *, blocks: int,
               block_size: int, max_blocks: int, dtype: Any = jnp.float32) -> PagedCache:
-        """An empty pool of ``blocks`` blocks; every row's table points at block 0."""
+        """An empty pool of ``blocks`` blocks; every row's table points at block 0
+        (``dtype`` int8: with scale pools)."""
         shape = (layers, kv_heads, blocks, block_size, head_dim)
+        scales = {}
+        if jnp.dtype(dtype) == jnp.int8:
+            scales = {n: jnp.ones((*shape[:4], 1), jnp.float32) for n in ("k_scale", "v_scale")}
         return cls(k=jnp.zeros(shape, dtype), v=jnp.zeros(shape, dtype),
                    table=jnp.zeros((batch, max_blocks), jnp.int32),
-                   index=jnp.zeros((batch,), jnp.int32))
+                   index=jnp.zeros((batch,), jnp.int32), **scales)
 
     @property
     def block_size(self) -> int:
@@ -71,6 +80,24 @@ class PagedCache:
     def length(self) -> int:
         """Logical slots per row (``max_blocks * block_size``)."""
         return self.table.shape[1] * self.block_size
+
+    def parts(self, name: str) -> tuple[Pool, ...]:
+        """The pools of ``"k"`` or ``"v"``: the values, then their scales (int8)."""
+        scale = getattr(self, f"{name}_scale")
+        return (getattr(self, name),) if scale is None else (getattr(self, name), scale)
+
+    def _with_parts(self, name: str, pools: tuple[Pool, ...]) -> PagedCache:
+        new = {name: pools[0]}
+        if len(pools) > 1:
+            new[f"{name}_scale"] = pools[1]
+        return self.replace(**new)
+
+    def split(self, x: Float[Array, "batch t kv hd"]) -> tuple[Array, ...]:
+        """``x`` as the parts this pool stores (int8 values and scales, or ``x``)."""
+        if self.k_scale is None:
+            return (x.astype(self.k.dtype),)
+        qx = quantize(x, axis=-1)
+        return qx.q, qx.scale
 
     def visibility(self, mask: Array, positions: Array, t: int, window: int | None = None
                    ) -> Bool[Array, "batch t length"]:
@@ -88,19 +115,19 @@ class PagedCache:
         block = jnp.where(slots < self.length, block, self.k.shape[2])
         return block, slots % self.block_size
 
-    def _gather(self, pool: Pool, layer: int) -> KVMajor:
-        """The rows' blocks of ``layer`` in logical order, ``[kv, batch, length, hd]``.
+    def _gather(self, pool: Pool, layer: int) -> Float[Array, "kv batch length last"]:
+        """The rows' blocks of ``layer`` in logical order, ``[kv, batch, length, last]``.
 
-        One take of whole blocks from the pool seen as ``[layers * kv * blocks, B * hd]``
+        One take of whole blocks from the pool seen as ``[layers * kv * blocks, B * last]``
         rows (a gather of 4 KiB rows, not of elements): on XLA:CPU this runs at copy
         speed, where ``pool[layer][:, table]`` plus a transpose cost 3-4x more. The
         kv-major layout is what the attention dots take without another transpose."""
-        layers, kv, blocks, bs, hd = pool.shape
+        layers, kv, blocks, bs, last = pool.shape
         b, n = self.table.shape
         heads = jnp.asarray(layer, jnp.int32) * kv + jnp.arange(kv, dtype=jnp.int32)
         rows = (heads[:, None, None] * blocks + self.table[None]).reshape(-1)
-        flat = pool.reshape(layers * kv * blocks, bs * hd)
-        return KVMajor(jnp.take(flat, rows, axis=0, mode="clip").reshape(kv, b, n * bs, hd))
+        flat = pool.reshape(layers * kv * blocks, bs * last)
+        return jnp.take(flat, rows, axis=0, mode="clip").reshape(kv, b, n * bs, last)
 
     def update(self, layer: int, k: Float[Array, "batch t kv hd"], v: Array
                ) -> tuple[PagedCache, KVMajor, KVMajor]:
@@ -108,26 +135,34 @@ class PagedCache:
         deferred view leaves the pool untouched (read-only) and keeps ``k``/``v`` for
         `flush`; its gathered keys/values hold them at their slots all the same."""
         block, offset = self._physical(k.shape[1])
-        if self.fresh_k is None:
-            # advanced (layer, block, offset) around a slice: [b, t] lead, x is [b, t, kv, hd]
-            ck = self.k.at[layer, :, block, offset].set(k.astype(self.k.dtype), mode="drop")
-            cv = self.v.at[layer, :, block, offset].set(v.astype(self.v.dtype), mode="drop")
-            new = self.replace(k=ck, v=cv)
-            return new, new._gather(ck, layer), new._gather(cv, layer)
-        new = self.replace(fresh_k=self.fresh_k.at[layer].set(k.astype(self.k.dtype)),
-                           fresh_v=self.fresh_v.at[layer].set(v.astype(self.v.dtype)))
-        return new, self._with_own(self._gather(self.k, layer), k), \
-            self._with_own(self._gather(self.v, layer), v)
+        new, out = self, []
+        for name, x in (("k", k), ("v", v)):
+            xs = self.split(x)
+            if self.fresh_k is None:
+                # advanced (layer, block, offset) around a slice: [b, t] lead, x [b, t, kv, _]
+                pools = tuple(p.at[layer, :, block, offset].set(x, mode="drop")
+                              for p, x in zip(self.parts(name), xs, strict=True))
+                new = new._with_parts(name, pools)
+                rows = [self._gather(p, layer) for p in pools]
+            else:
+                kept = getattr(self, f"fresh_{name}")
+                new = new.replace(**{f"fresh_{name}": tuple(
+                    f.at[layer].set(x) for f, x in zip(kept, xs, strict=True))})
+                rows = [self._with_own(self._gather(p, layer), x)
+                        for p, x in zip(self.parts(name), xs, strict=True)]
+            out.append(KVMajor(rows[0], rows[1] if len(rows) > 1 else None))
+        return new, out[0], out[1]
 
-    def _with_own(self, rows: KVMajor, x: Float[Array, "batch t kv hd"]) -> KVMajor:
-        """Gathered keys/values with this call's ``x`` at their slots (those past the
-        view are dropped)."""
+    def _with_own(self, rows: Float[Array, "kv batch length last"],
+                  x: Float[Array, "batch t kv last"]) -> Array:
+        """Gathered rows with this call's ``x`` at their slots (those past the view are
+        dropped)."""
         b, t = x.shape[:2]
         slots = jnp.broadcast_to(jnp.asarray(self.index, jnp.int32), (b,))[:, None] \
             + jnp.arange(t, dtype=jnp.int32)
-        # adjacent advanced (rows, slots) stay in place: [kv, b, t, hd]
-        return KVMajor(rows.x.at[:, jnp.arange(b)[:, None], slots].set(
-            x.transpose(2, 0, 1, 3).astype(rows.x.dtype), mode="drop"))
+        # adjacent advanced (rows, slots) stay in place: [kv, b, t, last]
+        return rows.at[:, jnp.arange(b)[:, None], slots].set(x.transpose(2, 0, 1, 3),
+                                                              mode="drop")
 
     def key_slots(self, t: int) -> None:
         return None
@@ -185,9 +220,11 @@ def attention_span(cache: Any, span: int, t: int | None = None) -> Any:
         view = s.replace(table=s.table[:, :span // s.block_size])
         if t is None:
             return view
-        layers, kv, _, _, hd = s.k.shape
-        fresh = jnp.zeros((layers, s.table.shape[0], t, kv, hd), s.k.dtype)
-        return view.replace(fresh_k=fresh, fresh_v=fresh)
+        def zeros(name: str) -> tuple[Array, ...]:
+            return tuple(jnp.zeros((p.shape[0], s.table.shape[0], t, p.shape[1], p.shape[4]),
+                                   p.dtype) for p in s.parts(name))
+
+        return view.replace(fresh_k=zeros("k"), fresh_v=zeros("v"))
 
     return _map(one, cache)
 
@@ -198,23 +235,25 @@ def restore_span(view: Any, cache: Any) -> Any:
     return with_rows(view, stacks(cache)[0].table, stacks(view)[0].index)
 
 
-def fresh(view: Any) -> list[tuple[Array, Array]]:
+def fresh(view: Any) -> list[tuple[tuple[Array, ...], tuple[Array, ...]]]:
     """The keys/values a deferred view kept, per stack."""
     return [(s.fresh_k, s.fresh_v) for s in stacks(view)]
 
 
-def flush(cache: Any, kept: list[tuple[Array, Array]], t: int) -> Any:
+def flush(cache: Any, kept: list[tuple[tuple[Array, ...], tuple[Array, ...]]], t: int
+          ) -> Any:
     """``cache`` with the keys/values ``kept`` from a deferred view of ``t`` tokens written
     at its index (every layer in one scatter per stack), index + t."""
     it = iter(kept)
 
     def one(s: PagedCache) -> PagedCache:
-        fk, fv = next(it)
         block, offset = s._physical(t)
-        # adjacent advanced (block, offset) stay in place: [layers, kv, b, t, hd]
-        ck = s.k.at[:, :, block, offset].set(fk.transpose(0, 3, 1, 2, 4), mode="drop")
-        cv = s.v.at[:, :, block, offset].set(fv.transpose(0, 3, 1, 2, 4), mode="drop")
-        return s.replace(k=ck, v=cv, index=s.index + t)
+        for name, parts in zip(("k", "v"), next(it), strict=True):
+            # adjacent advanced (block, offset) stay in place: [layers, kv, b, t, last]
+            s = s._with_parts(name, tuple(
+                p.at[:, :, block, offset].set(f.transpose(0, 3, 1, 2, 4), mode="drop")
+                for p, f in zip(s.parts(name), parts, strict=True)))
+        return s.replace(index=s.index + t)
 
     return _map(one, cache)
 
@@ -229,6 +268,6 @@ def block_bytes(cache: Any) -> int:
     """Bytes of one block (keys and values of every layer and stack)."""
     total = 0
     for s in stacks(cache):
-        layers, kv, _, bs, hd = s.k.shape
-        total += 2 * layers * kv * bs * hd * s.k.dtype.itemsize
+        for pool in (*s.parts("k"), *s.parts("v")):
+            total += pool[:, :, 0].size * pool.dtype.itemsize
     return total
