@@ -38,6 +38,7 @@ from jax import lax
 from jaxtyping import Array, Bool, Float, Int
 
 from jaxgen.models.live import LiveSlots
+from jaxgen.models.per_layer import Layers, take_batch_rows
 
 # The cache write position: one slot for every row, or one slot per row.
 WriteIndex = Int[Array, ""] | Int[Array, " batch"]
@@ -77,6 +78,8 @@ def write_kv(cache: Stack5, x: Float[Array, "batch t kv hd"], layer: int, index:
     ``[batch]`` vector is a scatter, each row at its own slot. Both clamp the start to
     ``length - t`` as ``dynamic_update_slice`` does.
     """
+    if isinstance(cache, Layers):  # one buffer per layer: write that layer's in place
+        return cache.set(layer, write_kv(cache[layer][None], x, 0, index)[0])
     index = jnp.asarray(index, jnp.int32)
     x = x.astype(cache.dtype)
     if index.ndim == 0:
@@ -91,6 +94,8 @@ def write_kv(cache: Stack5, x: Float[Array, "batch t kv hd"], layer: int, index:
 def _scatter_slots(cache: Stack5, x: Float[Array, "batch n kv hd"], layer: Any,
                    slots: Int[Array, "*batch n"]) -> Stack5:
     """``cache[layer, b, :, slots[b, i]] = x[b, i]`` (``slots`` [n] or [batch, n], unique)."""
+    if isinstance(cache, Layers):
+        return cache.set(layer, _scatter_slots(cache[layer][None], x, 0, slots)[0])
     b, n = x.shape[:2]
     rows = jnp.arange(b, dtype=jnp.int32)[:, None]  # [batch, 1]
     slots = jnp.broadcast_to(slots, (b, n))
@@ -152,7 +157,7 @@ class _Rows:
         vector index gathered too, a scalar one kept)."""
         rows = jnp.asarray(rows, jnp.int32)
         index = self.index if jnp.ndim(self.index) == 0 else jnp.take(self.index, rows)
-        return self.replace(k=jnp.take(self.k, rows, axis=1), v=jnp.take(self.v, rows, axis=1),
+        return self.replace(k=take_batch_rows(self.k, rows), v=take_batch_rows(self.v, rows),
                             index=index)
 
     def rewind(self, index: WriteIndex) -> Any:

@@ -19,6 +19,8 @@ from flax import struct
 from jax import lax
 from jaxtyping import Array, Float, Int
 
+from jaxgen.models.per_layer import Layers
+
 BLOCK = 512  # the smallest bucket; a stack of at most this many slots is read whole
 
 
@@ -47,7 +49,10 @@ class LiveSlots:
 
     def read(self, n: int) -> tuple[Float[Array, "batch kv n hd"], Any]:
         """Slots ``[0, n)`` of the layer and their scales (None for a float stack)."""
-        def first(x: Array) -> Array:
+        def first(x: Any) -> Array:
+            if isinstance(x, Layers):       # the layer's own buffer: read in place if whole
+                a = x[self.layer]
+                return a if n == a.shape[2] else lax.slice_in_dim(a, 0, n, axis=2)
             return lax.dynamic_slice_in_dim(lax.dynamic_index_in_dim(x, self.layer, 0, False),
                                             0, n, axis=2)
 

@@ -25,6 +25,7 @@ from jax import lax
 from jaxtyping import Array, Float, Int, Int8
 
 from jaxgen.models.cache import KVCache, Stack5, WriteIndex, write_kv
+from jaxgen.models.per_layer import take_batch_rows
 
 QMAX = 127.0
 
@@ -138,8 +139,8 @@ class Int8KVCache(KVCache):
         """Rows of the keys, values and scales reordered."""
         rows = jnp.asarray(rows, jnp.int32)
         new = super().reorder(rows)
-        return new.replace(k_scale=jnp.take(self.k_scale, rows, axis=1),
-                           v_scale=jnp.take(self.v_scale, rows, axis=1))
+        return new.replace(k_scale=take_batch_rows(self.k_scale, rows),
+                           v_scale=take_batch_rows(self.v_scale, rows))
 
 
 def _write(buf: Stack5, x: Array, layer: Any, index: WriteIndex) -> Stack5:

@@ -28,6 +28,7 @@ from jaxtyping import Array, Float, Int
 
 from jaxgen.decoding.state import LoopState
 from jaxgen.models.cache import KVCache, LayerCaches, RingCache
+from jaxgen.models.per_layer import Layers
 from jaxgen.ops import row_slice
 
 BLOCK = 16  # slots copied per loop iteration (copies stop at the last written block)
@@ -93,18 +94,25 @@ def _copy_stack(stack: Any, src: Array, dst: Array, count: Array, lo: int) -> An
             return stack
         written = jnp.max(jnp.asarray(stack.index, jnp.int32)) - lo
         blocks = jnp.maximum(written + blk - 1, 0) // blk
-    shape = (stack.k.shape[0], 1, stack.k.shape[2], blk, stack.k.shape[4])
+    split = isinstance(stack.k, Layers)          # one buffer per layer (inside the loop)
+    arrays = (*stack.k.arrays, *stack.v.arrays) if split else (stack.k, stack.v)
+    lead = () if split else (stack.k.shape[0],)  # the stacked layer dim
+    shape = (*lead, 1, stack.k.shape[2], blk, stack.k.shape[4])
 
-    def body(n: Array, kv: tuple[Array, Array]) -> tuple[Array, Array]:
+    def body(n: Array, kv: tuple[Array, ...]) -> tuple[Array, ...]:
         c, j = n // blocks, n % blocks
         zero = jnp.zeros((), jnp.int32)
         start = lo + j * blk
+        at = (zero,) * len(lead)
         return tuple(lax.dynamic_update_slice(
-            x, lax.dynamic_slice(x, (zero, src[c], zero, start, zero), shape),
-            (zero, dst[c], zero, start, zero)) for x in kv)
+            x, lax.dynamic_slice(x, (*at, src[c], zero, start, zero), shape),
+            (*at, dst[c], zero, start, zero)) for x in kv)
 
-    k, v = lax.fori_loop(0, count * blocks, body, (stack.k, stack.v))
-    return stack.replace(k=k, v=v)
+    out = lax.fori_loop(0, count * blocks, body, arrays)
+    if not split:
+        return stack.replace(k=out[0], v=out[1])
+    n = len(stack.k.arrays)
+    return stack.replace(k=Layers(out[:n]), v=Layers(out[n:]))
 
 
 def copy_forks(cache: Any, src: Int[Array, " rows"], dst: Int[Array, " rows"], count: Array,
