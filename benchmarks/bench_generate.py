@@ -31,6 +31,8 @@ import torch
 import transformers
 
 import jaxgen
+from jaxgen.models.cache import KVCache, RingCache
+from jaxgen.models.per_layer import split_layers, stack_layers
 
 HERE = Path(__file__).resolve().parent
 CKPT = HERE / "_ckpt_gpt2"
@@ -62,6 +64,18 @@ def prompts(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return ids.astype(np.int64), np.ones((batch, PROMPT_LEN), np.int64)
 
 
+def _is_stack(x):
+    return isinstance(x, (KVCache, RingCache))
+
+
+def split(cache):
+    return split_layers(cache, _is_stack)
+
+
+def unsplit(cache):
+    return stack_layers(cache, _is_stack)
+
+
 def argmax(x: jax.Array) -> jax.Array:
     """First index of the row max (max + where + min: faster than jnp.argmax on XLA:CPU)."""
     idx = jnp.arange(x.shape[-1], dtype=jnp.int32)
@@ -70,7 +84,9 @@ def argmax(x: jax.Array) -> jax.Array:
 
 def make_floors(model, batch: int, new: int):
     """(host-loop floor, while_loop floor): prefill + ``new - 1`` greedy steps, i.e. the
-    same model work as a ``new``-token generate (prefill picks the first token)."""
+    same model work as a ``new``-token generate (prefill picks the first token). The
+    while_loop floor keeps one cache buffer per layer in the loop, as jaxgen's loop does
+    (`jaxgen.models.per_layer`)."""
     total = PROMPT_LEN + new
 
     @jax.jit
@@ -98,9 +114,10 @@ def make_floors(model, batch: int, new: int):
             tok, cache, mask = step(params, tok, cache, mask)
             return i + 1, tok, cache, mask, out.at[:, i].set(tok)
 
-        carry = (jnp.ones((), jnp.int32), tok, cache, mask, out)
+        carry = (jnp.ones((), jnp.int32), tok, split(cache), mask, out)
         _, _, cache, mask, out = jax.lax.while_loop(lambda c: c[0] < new, body, carry)
-        return out, cache, mask  # returning the cache lets XLA reuse the donated buffers
+        # returning the cache lets XLA reuse the donated buffers
+        return out, unsplit(cache), mask
 
     def host_floor(params, ids):
         tok, cache, mask = prefill(params, ids)
