@@ -31,7 +31,7 @@ import torch
 import transformers
 
 import jaxgen
-from jaxgen.models.cache import KVCache, RingCache
+from jaxgen.models.cache import is_stack
 from jaxgen.models.per_layer import split_layers, stack_layers
 
 HERE = Path(__file__).resolve().parent
@@ -64,16 +64,12 @@ def prompts(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return ids.astype(np.int64), np.ones((batch, PROMPT_LEN), np.int64)
 
 
-def _is_stack(x):
-    return isinstance(x, (KVCache, RingCache))
-
-
 def split(cache):
-    return split_layers(cache, _is_stack)
+    return split_layers(cache, is_stack)
 
 
 def unsplit(cache):
-    return stack_layers(cache, _is_stack)
+    return stack_layers(cache, is_stack)
 
 
 def argmax(x: jax.Array) -> jax.Array:

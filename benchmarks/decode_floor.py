@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxgen.models.cache import KVCache, RingCache
+from jaxgen.models.cache import is_stack
 from jaxgen.models.per_layer import split_layers, stack_layers
 
 
@@ -60,15 +60,12 @@ class DecodeFloor:
             out, cache = model.apply(params, tok[:, None], jnp.full((b, 1), idx), cache, mask)
             return _argmax(out[:, 0]).astype(jnp.int32), cache, mask
 
-        def stack(x: Any) -> bool:
-            return isinstance(x, (KVCache, RingCache))
-
         # one buffer per layer inside the loop, as jaxgen's loop (`jaxgen.models.per_layer`)
         split = not getattr(model, "scan_layers", False)
         if split:
-            cache = split_layers(cache, stack)
+            cache = split_layers(cache, is_stack)
         tok, cache, _ = lax.fori_loop(0, steps, body, (tok, cache, mask))
-        return tok, stack_layers(cache, stack) if split else cache
+        return tok, stack_layers(cache, is_stack) if split else cache
 
     def run(self, fill: int, steps: int) -> float:
         """Seconds for ``steps`` decode steps from ``fill`` (compiled on first use)."""

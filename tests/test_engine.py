@@ -42,6 +42,18 @@ def alone(lm, prompt, seed=0, **kw):
     return out[0, inputs["input_ids"].shape[1]:].tolist()
 
 
+def _equal_alone(eng, lm, reqs):
+    """Submit ``(ids, max_new_tokens)`` requests (odd ones sampled, seed = index), run the
+    engine, and assert each equals ``generate`` on it alone; the handles."""
+    handles = [eng.submit(ids, max_new_tokens=n, do_sample=bool(i % 2), seed=i)
+               for i, (ids, n) in enumerate(reqs)]
+    eng.run()
+    for i, ((ids, n), h) in enumerate(zip(reqs, handles, strict=True)):
+        assert h.result().tokens == alone(lm, ids, seed=i, max_new_tokens=n,
+                                          do_sample=bool(i % 2))
+    return handles
+
+
 def test_mixed_requests_equal_generate_alone(lm):
     inputs = [PROMPTS[i % len(PROMPTS)] for i in range(len(MIXED))]
     results = jaxgen.generate_batch(lm, inputs, configs=MIXED, progress=False)
@@ -82,13 +94,8 @@ def test_one_slot_reused_many_times(lm):
     reqs = [(rs.randint(1, 2000, int(rs.randint(3, 15))).tolist(), int(rs.randint(4, 15)))
             for _ in range(12)]
     eng = jaxgen.Engine(lm, max_slots=2, max_length=64, steps_per_round=8)
-    handles = [eng.submit(ids, max_new_tokens=n, do_sample=bool(i % 2), seed=i)
-               for i, (ids, n) in enumerate(reqs)]
-    eng.run()
-    for i, ((ids, n), h) in enumerate(zip(reqs, handles, strict=True)):
-        want = alone(lm, ids, seed=i, max_new_tokens=n, do_sample=bool(i % 2))
-        assert h.result().tokens == want
-        assert h.result().text is None
+    handles = _equal_alone(eng, lm, reqs)
+    assert all(h.result().text is None for h in handles)
     assert eng.scheduler.blocks.in_use == 0 and eng.counters["rounds"] > 6
 
 
@@ -132,12 +139,7 @@ def test_attention_spans_follow_the_longest_live_request(lm):
     assert eng.strategy.spans == (128, 256)
     reqs = [(rs.randint(1, 2000, 110).tolist(), 40), (rs.randint(1, 2000, 8).tolist(), 30),
             (rs.randint(1, 2000, 20).tolist(), 12), (rs.randint(1, 2000, 5).tolist(), 20)]
-    handles = [eng.submit(ids, max_new_tokens=n, do_sample=bool(i % 2), seed=i)
-               for i, (ids, n) in enumerate(reqs)]
-    eng.run()
-    for i, ((ids, n), h) in enumerate(zip(reqs, handles, strict=True)):
-        assert h.result().tokens == alone(lm, ids, seed=i, max_new_tokens=n,
-                                          do_sample=bool(i % 2))
+    _equal_alone(eng, lm, reqs)
 
 
 def test_logprobs_equal_transition_scores(lm):
@@ -195,9 +197,4 @@ def test_int8_cache_engine_equals_generate_on_the_int8_model():
     rs = np.random.RandomState(3)
     reqs = [(rs.randint(1, 2000, 140).tolist(), 30), (rs.randint(1, 2000, 9).tolist(), 24),
             (rs.randint(1, 2000, 40).tolist(), 16)]
-    handles = [eng.submit(ids, max_new_tokens=n, do_sample=bool(i % 2), seed=i)
-               for i, (ids, n) in enumerate(reqs)]
-    eng.run()
-    for i, ((ids, n), h) in enumerate(zip(reqs, handles, strict=True)):
-        assert h.result().tokens == alone(q, ids, seed=i, max_new_tokens=n,
-                                          do_sample=bool(i % 2))
+    _equal_alone(eng, q, reqs)

@@ -19,7 +19,7 @@ from jaxgen.decoding.record import empty, model_apply
 from jaxgen.decoding.record import record as record_outputs
 from jaxgen.decoding.state import DecodeState, Knobs, LoopState
 from jaxgen.models.base import new_cache, positions_from_mask
-from jaxgen.models.cache import KVCache, RingCache
+from jaxgen.models.cache import is_stack
 from jaxgen.models.per_layer import split_layers, stack_layers
 from jaxgen.ops import row_take
 
@@ -99,15 +99,11 @@ def run_steps(strategy: Any, params: Any, state: DecodeState, n: jax.Array) -> D
 
     split = not getattr(model, "scan_layers", False)   # a scan over layers takes stacks
     if split:   # one buffer per layer inside the loop (`jaxgen.models.per_layer`)
-        state = state.replace_loop(cache=split_layers(state.loop.cache, _is_stack))
+        state = state.replace_loop(cache=split_layers(state.loop.cache, is_stack))
     _, state = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state))
     if split:
-        state = state.replace_loop(cache=stack_layers(state.loop.cache, _is_stack))
+        state = state.replace_loop(cache=stack_layers(state.loop.cache, is_stack))
     return state
-
-
-def _is_stack(x: Any) -> bool:
-    return isinstance(x, (KVCache, RingCache))
 
 
 @partial(jax.jit, static_argnums=2)

@@ -302,6 +302,11 @@ class RingCache(_Rows):
         return new, keys, values
 
 
+def is_stack(x: Any) -> bool:
+    """Whether ``x`` is one k/v stack (`KVCache`, its int8 form, `RingCache`)."""
+    return isinstance(x, (KVCache, RingCache))
+
+
 @struct.dataclass
 class LayerCaches:
     """One stack per kind of layer (``"full_attention"``, ``"sliding_attention"``) for a
