@@ -6,7 +6,10 @@ Two setups, batch 1 and 4, 128 new tokens, eos disabled, greedy (outputs must be
   (``bench_generate.py``'s, 23.6M parameters, float32) with a repetitive prompt: a random
   16-token passage repeated 4 times;
 - the shipped draft model (``jaxgen.load_draft()``, ``num_assistant_tokens``) for the
-  bundled default model, prompts from the held-out Shakespeare text.
+  bundled default model, prompts from the held-out Shakespeare text: fixed K (with the
+  default confidence stop at 0.4, and without it), the heuristic schedule, and the
+  model's own first layers as the draft (``assistant_early_exit``; the bundled model is
+  not trained for early exit, so this row shows the cost of a poor draft).
 
 Reports tokens/s (median of interleaved repeats), the ratio to plain greedy and the mean
 number of tokens written per target forward pass.
@@ -29,6 +32,15 @@ import jaxgen
 HERE = Path(__file__).resolve().parent
 DATA = HERE.parent.parent / "shared" / "data" / "tinyshakespeare.txt"
 NEW = 128
+#: Draft settings beside the plain ``num_assistant_tokens=K`` rows (threshold 0.4 there).
+SCHEDULES = {
+    "draft model K=3, no confidence stop": dict(num_assistant_tokens=3,
+                                                assistant_confidence_threshold=0.0),
+    "draft model K=8, heuristic schedule": dict(num_assistant_tokens=8,
+                                                num_assistant_tokens_schedule="heuristic"),
+    "draft model K=20 (transformers' default), heuristic": dict(
+        num_assistant_tokens=20, num_assistant_tokens_schedule="heuristic"),
+}
 
 
 def _timed(fn):
@@ -79,6 +91,13 @@ def main() -> None:
         for k in (2, 3, 5):
             lines.append(run(f"draft model K={k} (default model)", lm, inputs,
                              dict(assistant_model=draft, num_assistant_tokens=k),
+                             args.repeats))
+        for name, extra in SCHEDULES.items():
+            lines.append(run(f"{name} (default model)", lm, inputs,
+                             dict(extra, assistant_model=draft), args.repeats))
+        for n in (1, 2):
+            lines.append(run(f"early exit after {n} of 6 layers, K=3 (default model)", lm,
+                             inputs, dict(assistant_early_exit=n, num_assistant_tokens=3),
                              args.repeats))
     head = (f"{datetime.datetime.now().isoformat(timespec='seconds')}, {NEW} new tokens, "
             f"greedy, eos disabled, median of {args.repeats} interleaved repeats")

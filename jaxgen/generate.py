@@ -35,6 +35,7 @@ from jaxgen.inputs import (
     recordable,
     split_kwargs,
 )
+from jaxgen.models.early_exit import early_exit_draft
 from jaxgen.ops import bucket
 from jaxgen.processors.base import processors_of
 
@@ -103,6 +104,12 @@ def _prepare(model: Any, input_ids: Any, attention_mask: Any = None, *,
     """
     cfg, crit = _config(model, config, kwargs, strict, stopping_criteria, tokenizer)
     draft_model, draft_params = assistant(assistant_model, model)
+    if cfg.assistant_early_exit is not None:
+        if draft_model is not None:
+            raise ValueError("give either assistant_model or GenerationConfig."
+                             "assistant_early_exit (the model's first layers as the draft), "
+                             "not both")
+        draft_model, draft_params = early_exit_draft(model, params, cfg.assistant_early_exit)
     eos = list(cfg.eos_token_ids())
     ids = as_2d_ids(input_ids, model.vocab_size)
     mask = as_mask(attention_mask, ids, cfg, eos)
@@ -119,7 +126,8 @@ def _prepare(model: Any, input_ids: Any, attention_mask: Any = None, *,
                         prefix_allowed_tokens_fn=prefix_allowed_tokens_fn,
                         negative_prompt_ids=negative_prompt_ids,
                         negative_prompt_attention_mask=negative_prompt_attention_mask)
-    knobs = knobs.replace(stopping=crit.in_loop)
+    knobs = knobs.replace(stopping=crit.in_loop, confidence=None if draft_model is None
+                          else np.asarray(cfg.assistant_confidence_threshold or 0.0, np.float32))
     extra = bucket(width, MIN_PROMPT_BUCKET) - width
     past, feed = None, None
     if past_key_values is not None:

@@ -308,8 +308,6 @@ UNSUPPORTED_VALUES: dict[str, tuple[Any, dict[str, Any]]] = {
     "max_cache_len": (128, {}),
     "decoder_start_token_id": (0, {}),
     "is_assistant": (True, {}),
-    "assistant_confidence_threshold": (0.2, {}),
-    "assistant_early_exit": (4, {}),
     "assistant_lookbehind": (5, {}),
     "target_lookbehind": (5, {}),
     "assistant_ensemble_weight": (0.5, {}),

@@ -146,8 +146,10 @@ def test_speculative_limits_are_clear_errors():
         _gen(prompt_lookup_num_tokens=3, num_beams=2)
     with pytest.raises(ValueError, match="vocabulary"):
         _gen(assistant_model=(TableLM(vocab_size=V + 1), DRAFTS["same"]))
-    with pytest.raises(ValueError, match="num_assistant_tokens_schedule"):
-        _gen(assistant_model=(MODEL, DRAFTS["same"]), num_assistant_tokens_schedule="heuristic")
+    with pytest.raises(ValueError, match="num_assistant_tokens_schedule.*allowed: 'constant'"):
+        _gen(prompt_lookup_num_tokens=3, num_assistant_tokens_schedule="heuristic")
+    with pytest.raises(ValueError, match="assistant_confidence_threshold.*allowed: 0.4"):
+        _gen(prompt_lookup_num_tokens=3, assistant_confidence_threshold=0.2)
 
 
 def test_sliding_window_ring_cache_survives_rewinds(tmp_path):

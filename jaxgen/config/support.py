@@ -19,7 +19,8 @@ SUPPORTED: frozenset[str] = frozenset({
     "max_time", "stop_strings", "prompt_lookup_num_tokens", "max_matching_ngram_size",
     "num_assistant_tokens", "num_assistant_tokens_schedule", "output_logits",
     "output_hidden_states", "output_attentions", "penalty_alpha", "dola_layers",
-    "constraints", "force_words_ids", "token_healing",
+    "constraints", "force_words_ids", "token_healing", "assistant_confidence_threshold",
+    "assistant_early_exit",
 })  # fmt: skip
 
 #: Every other field: (values that leave outputs unchanged, what the field enables).
@@ -36,8 +37,6 @@ NEUTRAL: dict[str, tuple[tuple[Any, ...], str]] = {
     "max_cache_len": ((None,), "torch static cache size"),
     "decoder_start_token_id": ((None,), "encoder-decoder models"),
     "is_assistant": ((False,), "assisted generation"),
-    "assistant_confidence_threshold": ((0.4,), "assisted generation"),
-    "assistant_early_exit": ((None,), "early-exit assisted generation"),
     "assistant_lookbehind": ((10,), "universal assisted generation"),
     "target_lookbehind": ((10,), "universal assisted generation"),
     "assistant_ensemble_weight": ((None,), "ensemble speculative decoding"),

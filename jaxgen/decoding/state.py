@@ -39,6 +39,8 @@ class Knobs:
     diversity_penalty: float32 scalar (group beam search).
     stopping: in-loop stopping criteria (``jaxgen.stopping``), OR-ed after every token.
     penalty_alpha: float32 scalar (contrastive search), None elsewhere.
+    confidence: float32 scalar, a draft model's ``assistant_confidence_threshold``
+        (speculative decoding), None elsewhere.
     """
 
     processors: Chain
@@ -49,6 +51,7 @@ class Knobs:
     diversity_penalty: Float[Array, ""]
     stopping: tuple[Any, ...] = ()
     penalty_alpha: Float[Array, ""] | None = None
+    confidence: Float[Array, ""] | None = None
 
 
 @struct.dataclass

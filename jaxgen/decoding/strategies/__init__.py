@@ -23,22 +23,31 @@ __all__ = ["BeamSearch", "ConstrainedBeamSearch", "ContrastiveSearch", "Disjunct
 
 
 def _speculative(cfg: Any, draft: Any) -> Speculative:
-    what = "assistant_model" if draft is not None else "prompt_lookup_num_tokens"
+    what = ("prompt_lookup_num_tokens" if draft is None else "assistant_model"
+            if cfg.assistant_early_exit is None else "assistant_early_exit")
     if cfg.num_beams > 1:
         raise ValueError(f"{what} works with greedy decoding and sampling; allowed: "
                          f"num_beams=1 (got {cfg.num_beams})")
     if draft is not None and cfg.prompt_lookup_num_tokens is not None:
-        raise ValueError("give either assistant_model or prompt_lookup_num_tokens, not both")
-    if cfg.num_assistant_tokens_schedule != "constant":
-        raise ValueError("num_assistant_tokens_schedule: only 'constant' is supported; "
-                         "allowed: 'constant'")
+        raise ValueError(f"give either {what} or prompt_lookup_num_tokens, not both")
+    if draft is None and cfg.num_assistant_tokens_schedule != "constant":
+        raise ValueError(f"GenerationConfig.num_assistant_tokens_schedule="
+                         f"{cfg.num_assistant_tokens_schedule!r} applies to a draft model "
+                         f"(assistant_model or assistant_early_exit); prompt lookup proposes "
+                         f"prompt_lookup_num_tokens every step; allowed: 'constant'")
+    default = type(cfg)().assistant_confidence_threshold
+    if draft is None and cfg.assistant_confidence_threshold != default:
+        raise ValueError(f"GenerationConfig.assistant_confidence_threshold="
+                         f"{cfg.assistant_confidence_threshold!r} applies to a draft model's "
+                         f"probabilities; prompt lookup has none; allowed: {default!r}")
     for name in ("penalty_alpha", "dola_layers", "constraints", "force_words_ids"):
         if getattr(cfg, name) is not None:
             raise ValueError(f"GenerationConfig.{name} cannot be combined with {what} "
                              f"(speculative decoding); allowed: None")
     k = cfg.num_assistant_tokens if draft is not None else cfg.prompt_lookup_num_tokens
     return Speculative(k=k, draft=draft, ngram=int(cfg.max_matching_ngram_size or 2),
-                       do_sample=bool(cfg.do_sample))
+                       do_sample=bool(cfg.do_sample),
+                       heuristic=cfg.num_assistant_tokens_schedule != "constant")
 
 
 def _constrained(cfg: Any, n_eos: int) -> ConstrainedBeamSearch:

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from jaxgen.decoding.kernel import process, put, row_keys
+from jaxgen.decoding.kernel import eos_hit, process, put, row_keys
 from jaxgen.decoding.state import LoopState
 from jaxgen.ops import fast_argmax, row_slice
 
@@ -29,47 +29,81 @@ def process_at(loop: LoopState, logits: Float[Array, "rows vocab"], states: Any,
     return logits, (pstate, wstate)
 
 
+def _confidence(logits: Float[Array, "rows vocab"], tok: Int[Array, " rows"]
+                ) -> Float[Array, " rows"]:
+    """The probability ``softmax(logits)[tok]`` of each row's chosen token."""
+    chosen = jnp.take_along_axis(logits, tok[:, None], axis=-1)[:, 0]
+    return jnp.exp(chosen - jax.nn.logsumexp(logits, axis=-1))
+
+
+def _draft_limit(loop: LoopState, budget: Int[Array, " rows"], k: int) -> Int[Array, " rows"]:
+    """Candidates a row may draft: its budget, at most ``k`` and one less than the tokens
+    it has left (transformers' ``min(num_assistant_tokens, max_length - cur_len - 1)``)."""
+    left = loop.max_len - loop.prompt_end - loop.new_tokens - 1
+    return jnp.clip(jnp.minimum(budget, left), 0, k).astype(jnp.int32)
+
+
 def draft_propose(draft: Any, draft_params: Any, draft_cache: Any, loop: LoopState,
-                  mask: Array, k: int, do_sample: bool
-                  ) -> tuple[Int[Array, "rows k"], Float[Array, "rows k vocab"] | None, Any]:
-    """K tokens from the draft model, run with the target's processors and warpers.
+                  mask: Array, k: int, do_sample: bool, budget: Int[Array, " rows"]
+                  ) -> tuple[Int[Array, "rows k"], Int[Array, " rows"],
+                             Float[Array, "rows k vocab"] | None, Any]:
+    """Up to K tokens from the draft model, run with the target's processors and warpers.
 
     The draft re-reads slots ``cur - 2`` and ``cur - 1`` (the newest token is in no cache
     yet, and the one before it may be missing after a fully accepted block), then drafts
-    autoregressively. Returns ``(tokens, q, cache)``: ``q`` [rows, K, vocab] is the draft
-    distribution of each token when sampling (None for greedy).
+    autoregressively. A row stops drafting (transformers' assistant stopping criteria)
+    after ``budget`` tokens, after an eos id, or after a token whose draft probability is
+    below ``loop.knobs.confidence`` (``assistant_confidence_threshold``); the loop ends
+    when every row has stopped. Returns ``(tokens, count, q, cache)``: ``count`` [rows]
+    candidates per row, ``q`` [rows, K, vocab] the draft distribution of each token when
+    sampling (None for greedy).
     """
-    c = loop.cur
+    c, rows = loop.cur, loop.rows
     two = row_slice(loop.sequences, c - 2, 2)
     pos2 = loop.position[:, None] + jnp.arange(-1, 1)[None, :]
     cache = draft.rewind_cache(draft_cache, c - 2)
     logits, cache = draft.apply(draft_params, two, pos2, cache, mask)
     base = row_keys(loop.rng, 2 * (c - loop.prompt_end) + 1)
+    limit = _draft_limit(loop, budget, k)
+    threshold = loop.knobs.confidence
 
     def pick(logits, i, seqs, states):
         lg, states = process_at(loop, logits, states, seqs, mask, c + i, do_sample)
         if not do_sample:
-            return fast_argmax(lg), None, states
-        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(base, i)
-        tok = jax.vmap(jax.random.categorical)(keys, lg).astype(jnp.int32)
-        return tok, jax.nn.softmax(lg, axis=-1), states
+            tok, q = fast_argmax(lg), None
+        else:
+            keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(base, i)
+            tok = jax.vmap(jax.random.categorical)(keys, lg).astype(jnp.int32)
+            q = jax.nn.softmax(lg, axis=-1)
+        stop = eos_hit(loop.knobs, tok)
+        if threshold is not None:
+            stop = stop | (_confidence(lg, tok) < threshold)
+        return tok, q, stop, states
 
-    tok, q0, states = pick(logits[:, -1], 0, loop.sequences, loop.proc_state)
-    seqs = put(loop.sequences, tok, c)
+    tok, q0, stop, states = pick(logits[:, -1], 0, loop.sequences, loop.proc_state)
+    toks = jnp.zeros((rows, k), jnp.int32).at[:, 0].set(tok)
+    qs = None if q0 is None else jnp.zeros((rows, k, q0.shape[-1]), q0.dtype).at[:, 0].set(q0)
+    count = jnp.minimum(limit, 1)
+    carry = (jnp.int32(1), tok, put(loop.sequences, tok, c), states, cache, toks, qs, count,
+             (limit > 1) & ~stop)
 
-    def body(carry, i):
-        tok, seqs, states, cache = carry
+    def cond(carry):
+        i, *_, active = carry
+        return (i < k) & active.any()
+
+    def body(carry):
+        i, tok, seqs, states, cache, toks, qs, count, active = carry
         out, cache = draft.apply(draft_params, tok[:, None], (loop.position + i)[:, None],
                                  cache, mask)
-        nxt, q, states = pick(out[:, 0], i, seqs, states)
-        return (nxt, put(seqs, nxt, c + i), states, cache), (nxt, q)
+        nxt, q, stop, states = pick(out[:, 0], i, seqs, states)
+        toks = toks.at[:, i].set(nxt)
+        qs = qs if q is None else qs.at[:, i].set(q)
+        active_next = active & (i + 1 < limit) & ~stop
+        return (i + 1, nxt, put(seqs, nxt, c + i), states, cache, toks, qs,
+                count + active.astype(jnp.int32), active_next)
 
-    (_, _, _, cache), (toks, qs) = jax.lax.scan(body, (tok, seqs, states, cache),
-                                                jnp.arange(1, k))
-    tokens = jnp.concatenate([tok[:, None], toks.T], axis=1)                 # [rows, K]
-    if q0 is None:
-        return tokens, None, cache
-    return tokens, jnp.concatenate([q0[:, None], jnp.swapaxes(qs, 0, 1)], axis=1), cache
+    _, _, _, _, cache, toks, qs, count, _ = jax.lax.while_loop(cond, body, carry)
+    return toks, count, qs, cache
 
 
 def lookup_propose(loop: LoopState, k: int, ngram: int

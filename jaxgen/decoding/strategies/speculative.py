@@ -2,8 +2,10 @@
 
 Each iteration, for every row at once (rows keep their own cursor, so no holes):
 
-1. propose ``K`` tokens ``x_1..x_K`` (``propose.py``): with the draft model, or copied from
-   the first earlier occurrence of the row's last n-gram (``c_r <= K`` candidates);
+1. propose ``c_r <= K`` tokens ``x_1..x_K`` (``propose.py``): with the draft model, which
+   stops early at the row's budget, an eos id or a token below
+   ``assistant_confidence_threshold``; or copied from the first earlier occurrence of the
+   row's last n-gram;
 2. score ``[last, x_1..x_K]`` with the target in ONE forward pass of ``K + 1`` tokens and
    run the whole processor chain position by position over them (with its state, as
    transformers' assisted decoding does);
@@ -12,7 +14,11 @@ Each iteration, for every row at once (rows keep their own cursor, so no holes):
    sampling: from ``norm(max(0, p - q))`` after a rejection, else from ``p``), so the
    output equals plain decoding with the same processors / follows its distribution;
 4. cut at eos, a stopping criterion or ``max_new_tokens``; keep the processor state of
-   the last accepted position; rewind both caches to the row's newest token.
+   the last accepted position; rewind both caches to the row's newest token;
+5. with ``num_assistant_tokens_schedule="heuristic"`` (transformers' rule, per row): the
+   budget grows by 2 when every candidate was accepted, else shrinks by 1 (at least 1).
+   The budget starts at ``K`` and never exceeds it (``K + 1`` is the verified block's
+   fixed shape); transformers lets it grow past its start.
 """
 
 from __future__ import annotations
@@ -47,6 +53,8 @@ class SpecSub:
 
     draft_cache: Any                 # draft model cache, or () for prompt lookup
     draft_params: Any                # draft parameters, or ()
+    budget: Int[Array, " rows"]      # tokens the draft may propose next (heuristic)
+    drafted: Int[Array, " rows"]     # candidates proposed (statistics)
     accepted: Int[Array, " rows"]    # draft tokens accepted (statistics)
     passes: Int[Array, ""]           # target forward passes (statistics)
 
@@ -103,12 +111,14 @@ def accept_sampled(keys: Any, p_logits: Float[Array, "rows t vocab"], xs: Int[Ar
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Speculative(Strategy):
     """Assisted decoding with ``draft`` (a CausalLM; its params come as ``aux``), or prompt
-    lookup when ``draft`` is None; ``k`` tokens proposed per iteration."""
+    lookup when ``draft`` is None; at most ``k`` tokens proposed per iteration.
+    ``heuristic``: the draft's budget follows transformers' heuristic schedule."""
 
     k: int
     draft: Any = None
     ngram: int = 2                 # prompt lookup: longest n-gram matched
     do_sample: bool = False
+    heuristic: bool = False
     cursor_per_row: ClassVar[bool] = True
     outputs: ClassVar[frozenset[str]] = frozenset({"logits", "hidden_states"})
 
@@ -130,20 +140,21 @@ class Speculative(Strategy):
                 new_cache(self.draft, rows, length, self.k + 1), loop.attention_mask)
             dparams = aux
             dcache = self.draft.rewind_cache(dcache, loop.cur)       # per-row write slots
+        zeros = jnp.zeros((rows,), jnp.int32)
         sub = SpecSub(draft_cache=dcache, draft_params=dparams,
-                      accepted=jnp.zeros((rows,), jnp.int32), passes=jnp.zeros((), jnp.int32))
+                      budget=jnp.full((rows,), self.k, jnp.int32), drafted=zeros,
+                      accepted=zeros, passes=jnp.zeros((), jnp.int32))
         loop = advance(loop, first_logits, self.do_sample)
         loop = loop.replace(cache=model.rewind_cache(loop.cache, loop.cur - 1))
         return DecodeState(loop=loop, sub=sub)
 
     def _propose(self, loop: LoopState, sub: SpecSub, mask: Array) -> tuple[Any, ...]:
-        rows = loop.rows
         if self.draft is None:
             xs, count = lookup_propose(loop, self.k, self.ngram)
             return xs, count, None, sub.draft_cache
-        xs, q, dcache = draft_propose(self.draft, sub.draft_params, sub.draft_cache, loop,
-                                      mask, self.k, self.do_sample)
-        return xs, jnp.full((rows,), self.k, jnp.int32), q, dcache
+        xs, count, q, dcache = draft_propose(self.draft, sub.draft_params, sub.draft_cache,
+                                             loop, mask, self.k, self.do_sample, sub.budget)
+        return xs, count, q, dcache
 
     def step(self, model: Any, params: Any, state: DecodeState) -> DecodeState:
         loop, sub, k = state.loop, state.sub, self.k
@@ -169,7 +180,7 @@ class Speculative(Strategy):
         n, stopped = self._cut(loop, new, a + 1)
         trace = loop.trace if loop.trace is None else record(
             loop.trace, out, extras, c - 1, loop.new_tokens, jnp.arange(k + 1) < n[:, None])
-        return self._commit(state, new, n, stopped, a, p_logits, states,
+        return self._commit(state, new, n, stopped, a, count, p_logits, states,
                             loop.replace(cache=cache, trace=trace), dcache)
 
     def _cut(self, loop: LoopState, new: Int[Array, "rows t"], n: Int[Array, " rows"]
@@ -191,8 +202,9 @@ class Speculative(Strategy):
         return jnp.where(loop.done, 0, n), stopped
 
     def _commit(self, state: DecodeState, new: Int[Array, "rows t"], n: Int[Array, " rows"],
-                stopped: Bool[Array, " rows"], a: Int[Array, " rows"], p_logits: Array,
-                states: Any, loop: LoopState, dcache: Any) -> DecodeState:
+                stopped: Bool[Array, " rows"], a: Int[Array, " rows"],
+                count: Int[Array, " rows"], p_logits: Array, states: Any, loop: LoopState,
+                dcache: Any) -> DecodeState:
         """Write each row's ``n`` tokens (clearing the rest of the block), advance it."""
         keep = jnp.arange(new.shape[1])[None, :] < n[:, None]
         scores = loop.scores
@@ -206,15 +218,23 @@ class Speculative(Strategy):
             position=loop.position + n, cur=loop.cur + n, done=loop.done | stopped,
             proc_state=select_rows(states, n), scores=scores)
         sub = state.sub
+        live = n > 0                                    # rows that were not done already
+        budget = sub.budget
+        if self.heuristic:
+            budget = jnp.where(a == count, jnp.minimum(budget + 2, self.k),
+                               jnp.maximum(budget - 1, 1))
         return DecodeState(loop=loop, sub=sub.replace(
-            draft_cache=dcache, accepted=sub.accepted + jnp.minimum(n, a),
-            passes=sub.passes + 1))
+            draft_cache=dcache, budget=jnp.where(live, budget, sub.budget),
+            drafted=sub.drafted + jnp.where(live, count, 0),
+            accepted=sub.accepted + jnp.minimum(n, a), passes=sub.passes + 1))
 
     def finalize(self, state: DecodeState, request: Request) -> GenerateOutput:
         passes = int(host(state.sub.passes))
         accepted = host(state.sub.accepted)
         rows = len(accepted)
         stats = {"target_passes": passes, "accepted_draft_tokens": accepted,
+                 "draft_tokens": host(state.sub.drafted),
+                 "num_assistant_tokens": host(state.sub.budget),
                  "mean_tokens_per_pass": float((accepted.sum() + passes * rows)
                                                / max(1, passes * rows))}
         return finalize_rows(state, request, speculative=stats)
