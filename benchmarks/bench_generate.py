@@ -32,7 +32,7 @@ import transformers
 
 import jaxgen
 from jaxgen.models.cache import is_stack
-from jaxgen.models.per_layer import split_layers, stack_layers
+from jaxgen.models.per_layer import split_layers
 
 HERE = Path(__file__).resolve().parent
 CKPT = HERE / "_ckpt_gpt2"
@@ -68,10 +68,6 @@ def split(cache):
     return split_layers(cache, is_stack)
 
 
-def unsplit(cache):
-    return stack_layers(cache, is_stack)
-
-
 def argmax(x: jax.Array) -> jax.Array:
     """First index of the row max (max + where + min: faster than jnp.argmax on XLA:CPU)."""
     idx = jnp.arange(x.shape[-1], dtype=jnp.int32)
@@ -80,8 +76,8 @@ def argmax(x: jax.Array) -> jax.Array:
 
 def make_floors(model, batch: int, new: int):
     """(host-loop floor, while_loop floor): prefill + ``new - 1`` greedy steps, i.e. the
-    same model work as a ``new``-token generate (prefill picks the first token). The
-    while_loop floor keeps one cache buffer per layer in the loop, as jaxgen's loop does
+    same model work as a ``new``-token generate (prefill picks the first token). Both
+    keep one cache buffer per layer from the prefill on, as jaxgen's decode state does
     (`jaxgen.models.per_layer`)."""
     total = PROMPT_LEN + new
 
@@ -89,7 +85,8 @@ def make_floors(model, batch: int, new: int):
     def prefill(params, ids):
         mask = jnp.zeros((batch, total), jnp.int32).at[:, :PROMPT_LEN].set(1)
         pos = jnp.broadcast_to(jnp.arange(PROMPT_LEN, dtype=jnp.int32), (batch, PROMPT_LEN))
-        logits, cache = model.apply(params, ids, pos, model.init_cache(batch, total), mask)
+        logits, cache = model.apply(params, ids, pos, split(model.init_cache(batch, total)),
+                                    mask)
         return argmax(logits[:, -1]), cache, mask
 
     def step(params, tok, cache, mask):
@@ -110,10 +107,10 @@ def make_floors(model, batch: int, new: int):
             tok, cache, mask = step(params, tok, cache, mask)
             return i + 1, tok, cache, mask, out.at[:, i].set(tok)
 
-        carry = (jnp.ones((), jnp.int32), tok, split(cache), mask, out)
+        carry = (jnp.ones((), jnp.int32), tok, cache, mask, out)
         _, _, cache, mask, out = jax.lax.while_loop(lambda c: c[0] < new, body, carry)
         # returning the cache lets XLA reuse the donated buffers
-        return out, unsplit(cache), mask
+        return out, cache, mask
 
     def host_floor(params, ids):
         tok, cache, mask = prefill(params, ids)

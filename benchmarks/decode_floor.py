@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxgen.models.cache import is_stack
-from jaxgen.models.per_layer import split_layers, stack_layers
+from jaxgen.models.per_layer import split_layers
 
 
 def _argmax(x: jax.Array) -> jax.Array:
@@ -45,6 +45,8 @@ class DecodeFloor:
         m = self.model
         cache = m.init_cache(self.batch, self.length)
         cache = m.rewind_cache(cache, jnp.asarray(fill, jnp.int32))
+        if not getattr(m, "scan_layers", False):  # one buffer per layer, as jaxgen's state
+            cache = split_layers(cache, is_stack)
         mask = (jnp.arange(self.length) < fill).astype(jnp.int32)[None].repeat(self.batch, 0)
         return cache, mask, jnp.ones((self.batch,), jnp.int32)
 
@@ -60,12 +62,8 @@ class DecodeFloor:
             out, cache = model.apply(params, tok[:, None], jnp.full((b, 1), idx), cache, mask)
             return _argmax(out[:, 0]).astype(jnp.int32), cache, mask
 
-        # one buffer per layer inside the loop, as jaxgen's loop (`jaxgen.models.per_layer`)
-        split = not getattr(model, "scan_layers", False)
-        if split:
-            cache = split_layers(cache, is_stack)
         tok, cache, _ = lax.fori_loop(0, steps, body, (tok, cache, mask))
-        return tok, stack_layers(cache, is_stack) if split else cache
+        return tok, cache
 
     def run(self, fill: int, steps: int) -> float:
         """Seconds for ``steps`` decode steps from ``fill`` (compiled on first use)."""

@@ -19,8 +19,7 @@ from jaxgen.decoding.record import empty, model_apply
 from jaxgen.decoding.record import record as record_outputs
 from jaxgen.decoding.state import DecodeState, Knobs, LoopState
 from jaxgen.models.base import new_cache, positions_from_mask
-from jaxgen.models.cache import is_stack
-from jaxgen.models.per_layer import split_layers, stack_layers
+from jaxgen.models.cache import split_stacks
 from jaxgen.ops import row_take
 
 
@@ -70,6 +69,7 @@ def prefill(strategy: Any, model: Any, params: Any, input_ids: jax.Array,
     p = input_ids.shape[1]
     lo = 0 if feed is None else p - feed
     cache = loop.cache if past is None else model.rewind_cache(past.into(model, loop.cache), lo)
+    cache = split_stacks(model, cache)    # zeros (or a continued past): split, not copied
     positions = positions_from_mask(attention_mask)
     want = (*strategy.needs, *record)
     out, cache, extras = model_apply(model, params, input_ids[:, lo:], positions[:, lo:],
@@ -97,12 +97,8 @@ def run_steps(strategy: Any, params: Any, state: DecodeState, n: jax.Array) -> D
         i, s = carry
         return i + 1, strategy.step(model, params, s)
 
-    split = not getattr(model, "scan_layers", False)   # a scan over layers takes stacks
-    if split:   # one buffer per layer inside the loop (`jaxgen.models.per_layer`)
-        state = state.replace_loop(cache=split_layers(state.loop.cache, is_stack))
+    state = state.replace_loop(cache=split_stacks(model, state.loop.cache))  # no-op after prefill
     _, state = jax.lax.while_loop(cond, body, (jnp.zeros((), jnp.int32), state))
-    if split:
-        state = state.replace_loop(cache=stack_layers(state.loop.cache, is_stack))
     return state
 
 

@@ -29,7 +29,8 @@ from jaxtyping import Array, Int
 
 from jaxgen.decoding.output import host
 from jaxgen.models.base import new_cache
-from jaxgen.models.cache import RingCache
+from jaxgen.models.cache import RingCache, is_stack
+from jaxgen.models.per_layer import stack_layers
 from jaxgen.ops import bucket
 
 MIN_FEED_BUCKET = 16
@@ -108,7 +109,7 @@ def past_of(loop: Any, start: int, sequences: np.ndarray, cache: Any = None) -> 
     (``cache`` replaces ``loop.cache``, e.g. contrastive search's one row per prompt)."""
     cur = np.broadcast_to(host(loop.cur), (loop.rows,))
     end = int(cur.min()) - 1
-    cache = loop.cache if cache is None else cache
+    cache = stack_layers(loop.cache if cache is None else cache, is_stack)
     return Past(cache=loop.model.rewind_cache(cache, np.int32(end)),
                 tokens=sequences[:, :end - start], slot=start, model=loop.model)
 

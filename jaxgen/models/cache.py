@@ -38,7 +38,7 @@ from jax import lax
 from jaxtyping import Array, Bool, Float, Int
 
 from jaxgen.models.live import LiveSlots
-from jaxgen.models.per_layer import Layers, take_batch_rows
+from jaxgen.models.per_layer import Layers, split_layers, take_batch_rows
 
 # The cache write position: one slot for every row, or one slot per row.
 WriteIndex = Int[Array, ""] | Int[Array, " batch"]
@@ -392,3 +392,12 @@ def with_stacks(cache: Any, stacks: dict[str, Any]) -> Any:
         return LayerCaches(stacks)
     (stack,) = stacks.values()
     return stack
+
+
+def split_stacks(model: Any, cache: Any) -> Any:
+    """``cache`` with one buffer per layer (`jaxgen.models.per_layer`), as a decode state
+    keeps it from the prefill on: the dot reads a layer in place and a chunked run copies
+    nothing between ``run_steps`` calls. Scanned-layer models keep their stacks."""
+    if getattr(model, "scan_layers", False):
+        return cache
+    return split_layers(cache, is_stack)

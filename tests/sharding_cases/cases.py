@@ -157,8 +157,8 @@ def _no_recompile(res: Results, path: Path, ids: np.ndarray, mask: np.ndarray) -
     res.check("no_recompile-repeat", len(_COMPILES) == n0, f"{len(_COMPILES) - n0} compiles")
     prep = prepare(lm.model, ids, mask, config=lm.generation_config, max_new_tokens=12)
     state = start(prep, lm.params)
-    spec = state.loop.cache.k.sharding.spec
-    res.check("kv_cache_placement", tuple(spec)[:3] == (None, "data", "model"), spec)
+    specs = [tuple(k.sharding.spec) for k in state.loop.cache.k.arrays]  # per layer
+    res.check("kv_cache_placement", all(sp[:2] == ("data", "model") for sp in specs), specs)
     four = np.asarray(4, np.int32)
     state = run_steps(prep.strategy, lm.params, state, four)
     n1 = len(_COMPILES)
@@ -329,15 +329,15 @@ def kv() -> Results:
         held = sum(s.data.nbytes for x in jax.tree.leaves(lm.params)
                    for s in x.addressable_shards if s.device == jax.devices()[0])
         prep = prepare(lm.model, ids, mask, config=lm.generation_config, max_new_tokens=12)
-        cache = start(prep, lm.params).loop.cache.k               # [L, rows, kv, slots, hd]
-        shard = cache.addressable_shards[0].data
-        mem = S.memory_per_device(ref.model.config, batch=8, length=cache.shape[3],
+        layers = start(prep, lm.params).loop.cache.k.arrays   # per layer [rows, kv, slots, hd]
+        shards = [k.addressable_shards[0].data for k in layers]
+        mem = S.memory_per_device(ref.model.config, batch=8, length=layers[0].shape[2],
                                   mesh_shape=(2, 4), dtype="float32")
         res.check("kv-memory-params", held == mem["params_bytes"],
                   f"held {held}, computed {mem['params_bytes']}")
-        res.check("kv-memory-cache", 2 * shard.nbytes == mem["kv_cache_bytes"]
-                  and shard.shape[2] == mem["kv_heads_per_device"] == 1,
-                  f"{shard.shape}, {mem}")
+        res.check("kv-memory-cache", 2 * sum(x.nbytes for x in shards) == mem["kv_cache_bytes"]
+                  and shards[0].shape[1] == mem["kv_heads_per_device"] == 1,
+                  f"{shards[0].shape}, {mem}")
     res.guard("kv-config", layout)
 
     def in_memory() -> None:

@@ -44,6 +44,7 @@ from jaxgen.decoding.record import model_apply, model_wants, record
 from jaxgen.decoding.state import DecodeState, LoopState
 from jaxgen.decoding.strategies.propose import draft_propose, lookup_propose, process_at
 from jaxgen.models.base import new_cache, positions_from_mask
+from jaxgen.models.cache import split_stacks
 from jaxgen.ops import fast_argmax, row_slice
 
 
@@ -135,9 +136,10 @@ class Speculative(Strategy):
         dcache, dparams = (), ()
         if self.draft is not None:
             p = loop.prompt_end
+            fresh = split_stacks(self.draft, new_cache(self.draft, rows, length, self.k + 1))
             _, dcache = self.draft.apply(
                 aux, loop.sequences[:, :p], positions_from_mask(loop.attention_mask[:, :p]),
-                new_cache(self.draft, rows, length, self.k + 1), loop.attention_mask)
+                fresh, loop.attention_mask)
             dparams = aux
             dcache = self.draft.rewind_cache(dcache, loop.cur)       # per-row write slots
         zeros = jnp.zeros((rows,), jnp.int32)
