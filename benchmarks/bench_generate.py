@@ -1,7 +1,9 @@
-"""jaxgen vs transformers generate() throughput on a random GPT-2-shaped checkpoint (CPU).
+"""jaxgen vs transformers generate() throughput on a random GPT-2-shaped checkpoint (CPU),
+or on real SmolLM2-135M-Instruct (its GGUF file, the same weights on both sides).
 
     python benchmarks/bench_generate.py                        # full run (~minutes)
     python benchmarks/bench_generate.py --new-tokens 8 --repeats 1 --no-write   # smoke
+    python benchmarks/bench_generate.py --model smollm2 --dtype bfloat16 --new-tokens 32
 
 Per workload: one warm-up call each (jaxgen's first call is reported as its compile
 time), then ``--repeats`` interleaved rounds of jaxgen, transformers and two "floors"
@@ -59,8 +61,8 @@ def make_checkpoint(path: Path) -> None:
     model.save_pretrained(path)
 
 
-def prompts(batch: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    ids = np.random.default_rng(seed).integers(1, CONFIG["vocab_size"], (batch, PROMPT_LEN))
+def prompts(batch: int, vocab: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.random.default_rng(seed).integers(1, vocab, (batch, PROMPT_LEN))
     return ids.astype(np.int64), np.ones((batch, PROMPT_LEN), np.int64)
 
 
@@ -136,7 +138,7 @@ def timed(fn, *args, **kwargs):
 def run_workload(name, lm, hf, args) -> dict:
     batch, extra = WORKLOADS[name]
     new = args.new_tokens
-    ids, mask = prompts(batch)
+    ids, mask = prompts(batch, lm.model.vocab_size)
     kw = dict(max_new_tokens=new, eos_token_id=None, pad_token_id=0, **(extra or {}))
     sampling = bool(kw.get("do_sample"))
     rows = batch * kw.get("num_beams", 1)  # the floor runs as many model rows
@@ -192,6 +194,23 @@ def run_workload(name, lm, hf, args) -> dict:
     return res
 
 
+def load(name: str, dtype: str) -> tuple[jaxgen.LM, transformers.PreTrainedModel, str]:
+    """(jaxgen LM, transformers model, description) on the same weights in ``dtype``."""
+    torch_dtype = getattr(torch, dtype)
+    if name == "gpt2":
+        make_checkpoint(CKPT)
+        hf = transformers.GPT2LMHeadModel.from_pretrained(CKPT, dtype=torch_dtype)
+        return jaxgen.load(CKPT, dtype=dtype), hf.eval(), f"GPT-2 shape {CONFIG}, {dtype}"
+    sys.path.insert(0, str(HERE.parent / "tests"))
+    from real_models import smollm2_gguf
+
+    path = smollm2_gguf()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                           dtype=torch_dtype)
+    return (jaxgen.load(path, dtype=dtype), hf.eval(),
+            f"SmolLM2-135M-Instruct ({path.name}, dequantized), {dtype}")
+
+
 def environment() -> dict:
     cpu = platform.processor() or "?"
     try:
@@ -211,7 +230,7 @@ def environment() -> dict:
             "command": " ".join(sys.argv)}
 
 
-def table(results: list[dict], env: dict, repeats: int) -> str:
+def table(results: list[dict], env: dict, repeats: int, model: str) -> str:
     lines = [
         "| workload | jaxgen tok/s | transformers tok/s | ratio | jaxgen compile (first call) s"
         " | floor ms/token (while / host loop) | overhead vs floor (while / host loop) |",
@@ -237,7 +256,7 @@ def table(results: list[dict], env: dict, repeats: int) -> str:
             f"({env['usable_cores']} usable), torch threads {env['torch_threads']} | "
             f"jax {env['jax']} ({env['jax_backend']}), torch {env['torch']}, "
             f"transformers {env['transformers']}, jaxgen {env['jaxgen']}")
-    setup = (f"GPT-2 shape {CONFIG}, float32, {PROMPT_LEN}-token prompts, "
+    setup = (f"{model}, {PROMPT_LEN}-token prompts, "
              f"{results[0]['new_tokens']} new tokens, EOS disabled, median of {repeats} "
              f"interleaved repeats; tok/s = batch * new tokens / s")
     return "\n".join([head, "", setup, "", *lines, "", *[f"- {n}" for n in notes]])
@@ -250,8 +269,12 @@ def main() -> None:
     ap.add_argument("--workloads", default=",".join(WORKLOADS),
                     help=f"comma-separated subset of {', '.join(WORKLOADS)}")
     ap.add_argument("--json", type=Path, help="write raw numbers to this file")
-    ap.add_argument("--output", type=Path, default=HERE / "results.md")
+    ap.add_argument("--output", type=Path,
+                    help="markdown table (default results.md, results_smollm2_<dtype>.md)")
     ap.add_argument("--no-write", action="store_true", help="do not write --output")
+    ap.add_argument("--model", choices=("gpt2", "smollm2"), default="gpt2",
+                    help="the random GPT-2-shaped checkpoint, or real SmolLM2-135M (GGUF)")
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     args = ap.parse_args()
     names = [w.strip() for w in args.workloads.split(",") if w.strip()]
     unknown = sorted(set(names) - set(WORKLOADS))
@@ -261,9 +284,7 @@ def main() -> None:
         ap.error("need --new-tokens >= 2 and --repeats >= 1")
 
     torch.set_num_threads(2)
-    make_checkpoint(CKPT)
-    lm = jaxgen.load(CKPT)
-    hf = transformers.GPT2LMHeadModel.from_pretrained(CKPT, dtype=torch.float32).eval()
+    lm, hf, model = load(args.model, args.dtype)
     hf.generation_config.eos_token_id = None  # belt and braces: eos_token_id=None is passed too
 
     results = []
@@ -271,9 +292,11 @@ def main() -> None:
         print(f"running {name} ...", file=sys.stderr, flush=True)
         results.append(run_workload(name, lm, hf, args))
     env = environment()
-    text = table(results, env, args.repeats)
+    text = table(results, env, args.repeats, model)
     print(text)
     if not args.no_write:
+        args.output = args.output or HERE / ("results.md" if args.model == "gpt2" else
+                                             f"results_{args.model}_{args.dtype}.md")
         args.output.write_text(f"# bench_generate results\n\n{text}\n")
     if args.json:
         args.json.write_text(json.dumps({"env": env, "config": CONFIG,

@@ -65,12 +65,21 @@ def quantize(x: Float[Array, "*dims"], axis: int) -> QTensor:
     return QTensor(q, scale)
 
 
+def _float_dot(x: Array, w: Array, dims: Any) -> Array:
+    """A float dot in ``x.dtype``; bfloat16 / float16 accumulate in float32 (as torch's CPU
+    kernels do), which is also XLA:CPU's fast path for them (measured 3.5x faster at 8
+    rows than a bfloat16-output dot)."""
+    if jnp.dtype(x.dtype).itemsize >= 4:
+        return lax.dot_general(x, w, dims)
+    return lax.dot_general(x, w, dims, preferred_element_type=jnp.float32).astype(x.dtype)
+
+
 def matmul(x: Float[Array, "... d_in"], w: Any) -> Float[Array, "... d_out"]:
     """``x @ w`` for a float kernel ``[in, out]`` or a `QTensor` of one (scale ``[1,
     out]``): the int8 product in float32, then the scale, cast back to ``x.dtype``."""
     dims = (((x.ndim - 1,), (0,)), ((), ()))
     if not isinstance(w, QTensor):
-        return lax.dot_general(x, w, dims)
+        return _float_dot(x, w, dims)
     y = lax.dot_general(x, w.q, dims, preferred_element_type=jnp.float32)
     return (y * w.scale[0]).astype(x.dtype)
 
@@ -80,7 +89,7 @@ def matmul_t(x: Float[Array, "... d"], table: Any) -> Float[Array, "... rows"]:
     per-row scales ``[rows, 1]``)."""
     dims = (((x.ndim - 1,), (1,)), ((), ()))
     if not isinstance(table, QTensor):
-        return lax.dot_general(x, table, dims)
+        return _float_dot(x, table, dims)
     y = lax.dot_general(x, table.q, dims, preferred_element_type=jnp.float32)
     return y * table.scale[:, 0]
 
