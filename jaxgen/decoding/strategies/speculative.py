@@ -154,9 +154,8 @@ class Speculative(Strategy):
         if self.draft is None:
             xs, count = lookup_propose(loop, self.k, self.ngram)
             return xs, count, None, sub.draft_cache
-        xs, count, q, dcache = draft_propose(self.draft, sub.draft_params, sub.draft_cache,
-                                             loop, mask, self.k, self.do_sample, sub.budget)
-        return xs, count, q, dcache
+        return draft_propose(self.draft, sub.draft_params, sub.draft_cache, loop, mask,
+                             self.k, self.do_sample, sub.budget)
 
     def step(self, model: Any, params: Any, state: DecodeState) -> DecodeState:
         loop, sub, k = state.loop, state.sub, self.k
