@@ -131,12 +131,11 @@ def test_prefix_sharing_same_tokens_less_prefill(lm):
     assert runs[False][2]["prefix_cached_tokens"] == 0
 
 
-def test_attention_spans_follow_the_longest_live_request(lm):
-    """max_length 256 with spans (128, 256): short requests decode over 128 slots, a long
-    one switches the step to 256 while it runs (and back once it is done)."""
+def test_decode_reads_up_to_the_longest_live_request(lm):
+    """A step reads the pool's chunks up to the longest live request: short requests
+    beside a long one, then alone once it finished and was parked, equal ``generate``."""
     rs = np.random.RandomState(5)
     eng = jaxgen.Engine(lm, max_slots=3, max_length=256, steps_per_round=8)
-    assert eng.strategy.spans == (128, 256)
     reqs = [(rs.randint(1, 2000, 110).tolist(), 40), (rs.randint(1, 2000, 8).tolist(), 30),
             (rs.randint(1, 2000, 20).tolist(), 12), (rs.randint(1, 2000, 5).tolist(), 20)]
     _equal_alone(eng, lm, reqs)

@@ -9,20 +9,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from jaxgen.engine.blocks import BlockManager, block_digests
 from jaxgen.models import Decoder, Gemma3Config, Llama, LlamaConfig
+from jaxgen.models.attention import KVMajor, attend
 from jaxgen.models.base import logits as full_logits
-from jaxgen.models.paged import (
-    PagedCache,
-    attention_span,
-    block_bytes,
-    flush,
-    fresh,
-    paged_like,
-    stacks,
-    with_rows,
-)
+from jaxgen.models.live import PagedSlots
+from jaxgen.models.paged import PagedCache, block_bytes, paged_like, stacks, with_rows
 
 VOCAB, BS = 61, 4
 _SIZES = dict(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_attention_heads=4,
@@ -45,8 +40,8 @@ def setup(request):
 
 def test_paged_equals_contiguous(setup):
     """Two rows of different lengths, blocks scattered over the pool: a prefill in two
-    chunks per row, then decode steps with a per-row index (every other one through a
-    deferred view of a shorter attention span), equal the teacher-forced logits."""
+    chunks per row (the rows' blocks copied out), then decode steps with a per-row index
+    (the pool read chunk by chunk in place), equal the teacher-forced logits."""
     model, params, apply = setup
     rs = np.random.RandomState(1)
     lengths, steps, max_blocks = (9, 14), 4, 6
@@ -66,17 +61,11 @@ def test_paged_equals_contiguous(setup):
             cache = with_rows(view, order, np.zeros(2, np.int32))
         got[row] = [out[0, -1]]
     cur = np.asarray(lengths, np.int32)
-    for step in range(steps):      # decode both rows at once; odd steps: a deferred span
+    for _ in range(steps):         # decode both rows at once
         cache = with_rows(cache, order, cur)
         mask = (np.arange(length)[None] <= cur[:, None]).astype(np.int32)
         tok = seqs[np.arange(2), cur][:, None]
-        if step % 2:
-            span = -(-(int(cur.max()) + 1) // BS) * BS
-            out, view = apply(params, tok, cur[:, None], attention_span(cache, span, t=1),
-                              mask[:, :span])
-            cache = flush(cache, fresh(view), 1)
-        else:
-            out, cache = apply(params, tok, cur[:, None], cache, mask)
+        out, cache = apply(params, tok, cur[:, None], cache, mask)
         for row in range(2):
             got[row].append(out[row, 0])
         cur = cur + 1
@@ -123,3 +112,65 @@ def test_block_digests_chain():
     assert block_digests([1, 2, 3], BS) == []
     with pytest.raises(ValueError, match="at least 2 blocks"):
         BlockManager(1, BS)
+
+
+_ATTEND = {}
+
+
+def _attend_both(bs: int, softcap: float | None, int8: bool):
+    """Jitted (chunked, whole) paged attention for one pool shape (compiled once)."""
+    key = (bs, softcap, int8)
+    if key not in _ATTEND:
+        def run(q, kp, vp, ks, vs, table, index, mask):
+            cache = PagedCache(k=kp, v=vp, table=table, index=index,
+                               k_scale=ks if int8 else None, v_scale=vs if int8 else None)
+            t = q.shape[1]
+            visible = cache.visibility(mask, jnp.zeros((q.shape[0], t), jnp.int32), t)
+            keys = PagedSlots(kp, 1, table, cache._end(t), ks if int8 else None)
+            values = PagedSlots(vp, 1, table, cache._end(t), vs if int8 else None)
+            chunked, _ = attend(q, keys, values, visible, 0.3, softcap)
+            (kx, kxs), (vx, vxs) = keys.gather(), values.gather()
+            whole, _ = attend(q, KVMajor(kx, kxs), KVMajor(vx, vxs), visible, 0.3, softcap)
+            return chunked, whole
+        _ATTEND[key] = jax.jit(run)
+    return _ATTEND[key]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(bs=st.sampled_from([4, 16, 32]), t=st.sampled_from([1, 3]),
+       softcap=st.sampled_from([None, 20.0]), int8=st.booleans(),
+       seed=st.integers(0, 2**16), parked=st.lists(st.booleans(), min_size=3, max_size=3),
+       edge=st.booleans())
+def test_chunked_paged_attention_equals_whole_rows(bs, t, softcap, int8, seed, parked, edge):
+    """Decode attention read chunk by chunk from the pool equals the attention over the
+    rows' blocks copied out, for scattered tables, rows of any length (a masked tail of
+    uneven chunks), parked rows (index past the end: left out of the chunks) and int8
+    pools with scales; every unparked row's output matches."""
+    rs = np.random.RandomState(seed)
+    b, kv, hd, n_blocks, heads = 3, 2, 8, 11, 4
+    blocks = b * n_blocks + 1
+    pools = [rs.standard_normal((2, kv, blocks, bs, hd)).astype(np.float32) for _ in "kv"]
+    scales = [rs.uniform(0.005, 0.02, (2, kv, blocks, bs, 1)).astype(np.float32)
+              for _ in "kv"]                          # int8 values x scale: about N(0, 1)
+    if int8:
+        pools = [np.clip(np.round(p * 80), -127, 127).astype(np.int8) for p in pools]
+    table = rs.permutation(np.arange(1, blocks))[:b * n_blocks].reshape(b, n_blocks)
+    length = n_blocks * bs
+    index = rs.randint(0, length - t + 1, b).astype(np.int32)
+    if edge:                    # the longest row writes the first slots of its last chunk
+        width = PagedSlots(pools[0], 0, table, 0).per_chunk * bs
+        index[0] = (length - t) // width * width
+        index[1:] = np.minimum(index[1:], index[0])
+        parked[0] = False
+    if all(parked):
+        parked[0] = False
+    index = np.where(parked, length, index).astype(np.int32)
+    mask = (rs.uniform(size=(b, length)) < 0.9).astype(np.int32)
+    mask[:, 0] = 1
+    q = rs.standard_normal((b, t, heads, hd)).astype(np.float32)
+    chunked, whole = _attend_both(bs, softcap, int8)(q, *pools, *scales, table.astype(np.int32),
+                                                     index, mask)
+    live = ~np.asarray(parked)
+    want = np.asarray(whole)[live]
+    np.testing.assert_allclose(np.asarray(chunked)[live], want, rtol=1e-5,
+                               atol=1e-6 * np.abs(want).max())

@@ -64,14 +64,6 @@ def _pairs(top: tuple[np.ndarray, np.ndarray], slot: int, n: int
             for i in range(n)]
 
 
-def spans(length: int, block_size: int, n: int) -> tuple[int, ...]:
-    """Up to ``n`` attention spans: ``length`` halved (to whole blocks) while >= 128."""
-    out = [length]
-    while len(out) < n and out[-1] // 2 >= 128:
-        out.append(out[-1] // 2 // block_size * block_size)
-    return tuple(sorted(set(out)))
-
-
 class Engine:
     """Continuous batching for ``lm`` (see the module docstring).
 
@@ -84,11 +76,8 @@ class Engine:
     steps_per_round: decode steps between host rounds. prefix_caching: share the blocks
     of equal prompt prefixes. logprobs: record per-token logprobs (``output_scores``)
     and, when ``top_logprobs`` > 0, that many best ``(token, logprob)`` per token
-    (`Result.top_logprobs`, the OpenAI server's ``top_logprobs``).
-    attention_spans: at most this many attention spans (``max_length`` halved while
-    at least 128 slots; default 4): a decode step reads only the smallest span holding
-    every live request. k_max, max_eos, max_stop_strings, max_stop_bytes, penalties,
-    max_logit_bias: see `Limits`.
+    (`Result.top_logprobs`, the OpenAI server's ``top_logprobs``). k_max, max_eos,
+    max_stop_strings, max_stop_bytes, penalties, max_logit_bias: see `Limits`.
     """
 
     def __init__(self, lm: Any, *, max_slots: int = 16, max_length: int | None = None,
@@ -96,8 +85,8 @@ class Engine:
                  prefill_chunk: int = 128, prefill_budget: int | None = None,
                  steps_per_round: int = 16, prefix_caching: bool = True, logprobs: bool = False,
                  k_max: int = 64, max_eos: int = 4, max_stop_strings: int = 4,
-                 max_stop_bytes: int = 32, penalties: bool = True, attention_spans: int = 4,
-                 top_logprobs: int = 20, max_logit_bias: int = 300):
+                 max_stop_bytes: int = 32, penalties: bool = True, top_logprobs: int = 20,
+                 max_logit_bias: int = 300):
         self.lm, self.slots = lm, _count("max_slots", max_slots)
         self.block_size = _count("block_size", block_size)
         default = max_positions(lm.model) or 2048
@@ -115,8 +104,7 @@ class Engine:
                              max_logit_bias=max_logit_bias)
         self.logprobs = bool(logprobs)
         self.top_logprobs = _count("top_logprobs", top_logprobs, 0) if self.logprobs else 0
-        self.strategy = SlotSample(logprobs=self.logprobs, spans=spans(
-            self.max_length, block_size, _count("attention_spans", attention_spans)))
+        self.strategy = SlotSample(logprobs=self.logprobs)
         gen = lm.generation_config
         self.pad = int(gen.pad_token_id if gen.pad_token_id is not None else
                        (gen.eos_token_ids() or (0,))[0])

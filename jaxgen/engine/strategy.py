@@ -10,9 +10,9 @@ the same kernel (``forward_last``, ``process``, ``warp_and_sample``, ``commit``,
   uses for the same request alone (``rng[r] = fold_in(key(seed), 0)``);
 - a slot stops at its own ``max_len`` and then stays where it is (finished slots do
   not advance, so they never write past their own blocks);
-- attention reads only the first ``span`` slots of the paged cache, the smallest of
-  ``spans`` that holds every live slot's keys (a ``lax.switch``: one compile, one branch
-  per span), so a step costs what the longest live request needs, not ``max_length``.
+- attention reads the paged cache in place, chunk by chunk up to the longest live
+  slot (`jaxgen.models.attention`; finished slots are parked past the end), so a step
+  costs what the live requests need, not ``max_length``.
 
 The state is a ``DecodeState`` whose ``sub`` is a `SlotSub`.
 """
@@ -39,7 +39,6 @@ from jaxgen.decoding.kernel import (
 from jaxgen.decoding.protocol import Strategy
 from jaxgen.decoding.state import DecodeState
 from jaxgen.engine.settings import RowSettings
-from jaxgen.models.paged import attention_span, flush, fresh
 from jaxgen.ops import fast_argmax
 
 #: ``SlotSub.reason`` codes, in the order they win when several hold at once.
@@ -67,7 +66,6 @@ class SlotSample(Strategy):
     and, when the state has ``top_logprobs`` buffers, the best ones of that distribution."""
 
     logprobs: bool = False
-    spans: tuple[int, ...] = ()          # attention spans in slots, ascending (() = all)
     cursor_per_row: ClassVar[bool] = True
 
     def init(self, model: Any, params: Any, first_logits: Any, loop: Any, aux: Any
@@ -81,32 +79,14 @@ class SlotSample(Strategy):
         finished = (sub.active & loop.done).any()
         return (~loop.done).any() & ~(sub.eager & finished)
 
-    def _forward(self, params: Any, loop: Any) -> tuple[Float[Array, "slots vocab"], Any]:
-        """``forward_last`` over the smallest span holding every live slot's keys (slots
-        ``< cur``). The branches only read the pool (deferred views); the new keys and
-        values are written after the switch, once."""
-        if len(self.spans) < 2:
-            return forward_last(params, loop)
-        need = jnp.max(jnp.where(loop.done, 0, loop.cur))
-        index = jnp.minimum(jnp.searchsorted(jnp.asarray(self.spans, jnp.int32), need),
-                            len(self.spans) - 1)
-
-        def branch(span: int) -> Any:
-            def run(params: Any, loop: Any) -> tuple[Array, Any]:
-                logits, view = forward_last(params, loop.replace(
-                    cache=attention_span(loop.cache, span, t=1),
-                    attention_mask=loop.attention_mask[:, :span]))
-                return logits, fresh(view)
-            return run
-
-        logits, kept = jax.lax.switch(index, [branch(s) for s in self.spans], params, loop)
-        return logits, flush(loop.cache, kept, 1)
-
     def step(self, model: Any, params: Any, state: DecodeState) -> DecodeState:
         loop, sub = state.loop, state.sub
         s = sub.settings
-        loop = loop.replace(cache=model.rewind_cache(loop.cache, loop.cur - 1))
-        logits, cache = self._forward(params, loop)
+        # a finished slot writes past its table (dropped) and is left out of the chunks
+        # attention reads, so a step reads what the longest live request needs
+        parked = jnp.where(loop.done, loop.sequences.shape[1], loop.cur - 1)
+        loop = loop.replace(cache=model.rewind_cache(loop.cache, parked))
+        logits, cache = forward_last(params, loop)
         loop = loop.replace(cache=cache)
         ctx = loop.context()
         pstate, wstate = loop.proc_state

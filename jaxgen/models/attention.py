@@ -19,11 +19,13 @@ from jax import lax
 from jaxtyping import Array, Bool, Float
 
 from jaxgen.models.cache import attention_visibility, write_kv  # noqa: F401  (kept importable)
-from jaxgen.models.live import BLOCK, LiveSlots, buckets
+from jaxgen.models.live import BLOCK, LiveSlots, PagedSlots, buckets
 
 # Masked attention scores use a large finite negative value, never -inf, so that a
 # fully masked (pad) query row gives a uniform softmax instead of NaN.
 MASK_VALUE = -1e9
+# Calls of at most this many tokens read a paged pool chunk by chunk (`_attend_paged`).
+PAGED_STEP = 8
 
 
 @struct.dataclass
@@ -52,6 +54,12 @@ def attend(q: Float[Array, "batch t heads hd"], keys: Any, values: Any,
     if isinstance(keys, KVMajor):
         return _attend_major(q, keys.x, values.x, visible, scale, softcap, with_probs,
                              kv_first=True, k_scale=keys.scale, v_scale=values.scale)
+    if isinstance(keys, PagedSlots):
+        if with_probs or q.shape[1] > PAGED_STEP:          # prefill: copy the rows out
+            (kx, ks), (vx, vs) = keys.gather(), values.gather()
+            return _attend_major(q, kx, vx, visible, scale, softcap, with_probs,
+                                 kv_first=True, k_scale=ks, v_scale=vs)
+        return _attend_paged(q, keys, values, visible, scale, softcap), None
     if not isinstance(keys, LiveSlots):
         return _attend(q, (keys, None), (values, None), visible, scale, softcap, with_probs)
     sizes = buckets(keys.slots)
@@ -119,6 +127,51 @@ def _attend_major(q: Float[Array, "batch t heads hd"], keys: Array, values: Arra
         return out, None
     pb = (1, 0, 3, 2, 4) if kv_first else (0, 1, 3, 2, 4)       # -> [b, kv, g, t, S]
     return out, probs.transpose(*pb).reshape(b, heads, t, s)
+
+
+def _attend_paged(q: Float[Array, "batch t heads hd"], keys: PagedSlots, values: PagedSlots,
+                  visible: Bool[Array, "batch t S"], scale: Any, softcap: float | None
+                  ) -> Float[Array, "batch t heads*hd"]:
+    """`_attend_major` over a paged pool without copying the rows out: a loop over the
+    chunks below ``end`` writes the scores (each the same dot over ``hd`` as the whole
+    version's), the softmax is the whole version's, and a second loop sums
+    ``probs @ values`` chunk by chunk (float32). Each chunk's copy is a few KiB per row,
+    so it stays in the CPU caches; the whole version writes every row out to memory
+    and reads it back."""
+    b, t, heads, hd = q.shape
+    kv, s = keys.kv, keys.slots
+    g = heads // kv
+    trips, ktab = keys.chunks()
+    _, vtab = values.chunks()
+    width = keys.per_chunk * keys.block_size
+    qk = q.reshape(b, t, kv, g, hd).transpose(2, 0, 1, 3, 4).reshape(kv, b, t * g, hd)
+    if keys.scale is not None:
+        qk = qk.astype(jnp.float32)
+
+    def score(j: Array, raw: Array) -> Array:
+        kx, ks = keys.chunk(ktab, j)
+        r = lax.dot_general(qk, kx, (((3,), (3,)), ((0, 1), (0, 1))),
+                            preferred_element_type=jnp.float32)         # [kv, b, t*g, C]
+        if ks is not None:
+            r = r * ks[:, :, None, :, 0]
+        return lax.dynamic_update_slice_in_dim(raw, r, j * width, 3)
+
+    padded = ktab.shape[1] * width
+    raw = lax.fori_loop(0, trips, score, jnp.zeros((kv, b, t * g, padded), jnp.float32))
+    raw = raw[..., :s].reshape(kv, b, t, g, s)
+    probs = jax.nn.softmax(_scores(raw, visible[None, :, :, None], scale, softcap), axis=-1)
+    probs = jnp.pad(probs.reshape(kv, b, t * g, s), ((0, 0),) * 3 + ((0, padded - s),))
+
+    def mix(j: Array, acc: Array) -> Array:
+        vx, vs = values.chunk(vtab, j)
+        p = lax.dynamic_slice_in_dim(probs, j * width, width, 3)
+        p = (p * vs[:, :, None, :, 0]).astype(jnp.float32) if vs is not None \
+            else p.astype(vx.dtype)
+        return acc + lax.dot_general(p, vx, (((3,), (2,)), ((0, 1), (0, 1))),
+                                     preferred_element_type=jnp.float32)
+    out = lax.fori_loop(0, trips, mix, jnp.zeros((kv, b, t * g, hd), jnp.float32))
+    out = out.reshape(kv, b, t, g, hd).transpose(1, 2, 0, 3, 4).reshape(b, t, heads * hd)
+    return out.astype(q.dtype)
 
 
 def _per_slot(scale: Float[Array, "batch kv S 1"]) -> Float[Array, "batch kv 1 1 S"]:

@@ -9,12 +9,16 @@ each), so a step's cost follows the tokens so far::
 
     S = 4096, end = 410:   reads slots [0, 512)     (1/8 of the layer)
     S = 4096, end = 3700:  reads slots [0, 4096)
+
+A paged pool hands attention `PagedSlots` instead: its rows' blocks are read chunk by
+chunk up to ``end``, in a loop (no buckets needed: the trip count is dynamic).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import jax.numpy as jnp
 from flax import struct
 from jax import lax
 from jaxtyping import Array, Float, Int
@@ -57,3 +61,74 @@ class LiveSlots:
                                             0, n, axis=2)
 
         return first(self.buf), None if self.scale is None else first(self.scale)
+
+
+#: Slots a paged decode step reads per loop iteration (whole blocks, at least one).
+PAGED_CHUNK = 64
+
+
+@struct.dataclass
+class PagedSlots:
+    """Keys (or values) of one layer of a paged pool, read in place by the rows' block
+    tables: what a `jaxgen.models.paged.PagedCache` hands attention.
+
+    pool ``[layers, kv, blocks, B, last]`` (``scale``: int8 per-slot scales, same
+    layout with ``last = 1``), ``table [batch, n]`` (logical block -> pool block) and
+    ``end``: no row sees a slot at or past it. `gather` copies every row's blocks out
+    (``[kv, batch, n * B, last]``, for prefill); `chunk` copies only ``c`` blocks per
+    row, so a decode step can walk the blocks below ``end`` in a loop whose pieces stay
+    in the CPU caches (`jaxgen.models.attention`), instead of copying the rows whole."""
+
+    pool: Array
+    layer: Any          # int, or traced under a scan over layers
+    table: Int[Array, "batch n"]
+    end: Int[Array, ""]
+    scale: Any = None
+
+    @property
+    def kv(self) -> int:
+        return self.pool.shape[1]
+
+    @property
+    def block_size(self) -> int:
+        return self.pool.shape[3]
+
+    @property
+    def slots(self) -> int:
+        return self.table.shape[1] * self.block_size
+
+    @property
+    def per_chunk(self) -> int:
+        """Blocks per `chunk`."""
+        return max(1, min(PAGED_CHUNK // self.block_size, self.table.shape[1]))
+
+    def _take(self, pool: Array, table: Int[Array, "batch m"]) -> Array:
+        """``table``'s blocks of the layer, ``[kv, batch, m * B, last]``: one take of
+        whole blocks from the pool seen as ``[layers * kv * blocks, B * last]`` rows (a
+        gather of block rows, not of elements: copy speed on XLA:CPU)."""
+        layers, kv, blocks, bs, last = pool.shape
+        b, m = table.shape
+        heads = jnp.asarray(self.layer, jnp.int32) * kv + jnp.arange(kv, dtype=jnp.int32)
+        rows = (heads[:, None, None] * blocks + table[None]).reshape(-1)
+        flat = pool.reshape(layers * kv * blocks, bs * last)
+        return jnp.take(flat, rows, axis=0, mode="clip").reshape(kv, b, m * bs, last)
+
+    def gather(self) -> tuple[Float[Array, "kv batch S last"], Any]:
+        """Every row's blocks in logical order, and their scales (None for floats)."""
+        return self._take(self.pool, self.table), (
+            None if self.scale is None else self._take(self.scale, self.table))
+
+    def chunks(self) -> tuple[Int[Array, ""], Int[Array, "batch n_chunks c"]]:
+        """(chunks below ``end``, the table padded with the null block to whole chunks)."""
+        c = self.per_chunk
+        b, n = self.table.shape
+        table = jnp.pad(self.table, ((0, 0), (0, -n % c))).reshape(b, -1, c)
+        return (self.end + c * self.block_size - 1) // (c * self.block_size), table
+
+    def chunk(self, table: Int[Array, "batch n_chunks c"], j: Int[Array, ""]
+              ) -> tuple[Float[Array, "kv batch C last"], Any]:
+        """Chunk ``j`` of every row (``C = c * B`` slots from slot ``j * C``) and its
+        scales."""
+        cols = lax.dynamic_index_in_dim(table, j, 1, keepdims=False)
+        return self._take(self.pool, cols), (
+            None if self.scale is None else self._take(self.scale, cols))

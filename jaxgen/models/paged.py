@@ -14,9 +14,10 @@ point at it, so writes of idle rows land there and nothing reads them (masked).
 
 The stack has the methods the decoder calls (`jaxgen.models.cache.CacheStack`):
 ``visibility`` (the full-cache rule over logical slots, sliding windows by mask),
-``update`` (scatter the new keys/values to their blocks, gather the row's blocks back
-as `KVMajor` ``[kv, batch, max_blocks * B, head_dim]``: the pure-JAX path), ``advance``,
-``rewind``. ``reorder`` is refused: rows sharing blocks cannot diverge in place.
+``update`` (scatter the new keys/values to their blocks and hand attention the pool as
+`jaxgen.models.live.PagedSlots`: decode steps read it chunk by chunk in place, prefill
+copies the rows' blocks out; pure JAX), ``advance``, ``rewind``. ``reorder`` is
+refused: rows sharing blocks cannot diverge in place.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import jax.numpy as jnp
 from flax import struct
 from jaxtyping import Array, Bool, Float, Int
 
-from jaxgen.models.attention import KVMajor
 from jaxgen.models.cache import (
     KVCache,
     LayerCaches,
@@ -37,6 +37,7 @@ from jaxgen.models.cache import (
     attention_visibility,
     checked_index,
 )
+from jaxgen.models.live import PagedSlots
 from jaxgen.models.quant import quantize
 
 Pool = Float[Array, "layers kv blocks block hd"]  # pool[layer]: Pallas' k_pages layout
@@ -52,10 +53,6 @@ class PagedCache:
     v: Pool
     table: Int[Array, "batch max_blocks"]
     index: WriteIndex
-    # a deferred view (`attention_span(..., deferred=True)`): this call's keys/values per
-    # part (`parts`), ``[layers, batch, t, kv, last]``, written afterwards by `flush`
-    fresh_k: tuple[Array, ...] | None = None
-    fresh_v: tuple[Array, ...] | None = None
     k_scale: Array | None = None
     v_scale: Array | None = None
 
@@ -115,54 +112,26 @@ class PagedCache:
         block = jnp.where(slots < self.length, block, self.k.shape[2])
         return block, slots % self.block_size
 
-    def _gather(self, pool: Pool, layer: int) -> Float[Array, "kv batch length last"]:
-        """The rows' blocks of ``layer`` in logical order, ``[kv, batch, length, last]``.
-
-        One take of whole blocks from the pool seen as ``[layers * kv * blocks, B * last]``
-        rows (a gather of 4 KiB rows, not of elements): on XLA:CPU this runs at copy
-        speed, where ``pool[layer][:, table]`` plus a transpose cost 3-4x more. The
-        kv-major layout is what the attention dots take without another transpose."""
-        layers, kv, blocks, bs, last = pool.shape
-        b, n = self.table.shape
-        heads = jnp.asarray(layer, jnp.int32) * kv + jnp.arange(kv, dtype=jnp.int32)
-        rows = (heads[:, None, None] * blocks + self.table[None]).reshape(-1)
-        flat = pool.reshape(layers * kv * blocks, bs * last)
-        return jnp.take(flat, rows, axis=0, mode="clip").reshape(kv, b, n * bs, last)
+    def _end(self, t: int) -> Int[Array, ""]:
+        """One past the last slot a row of this call may see: rows whose index is at or
+        past the end (finished engine slots, whose writes are dropped) do not count."""
+        index = jnp.broadcast_to(jnp.asarray(self.index, jnp.int32), self.table.shape[:1])
+        return jnp.max(jnp.where(index < self.length, jnp.minimum(index + t, self.length), 0))
 
     def update(self, layer: int, k: Float[Array, "batch t kv hd"], v: Array
-               ) -> tuple[PagedCache, KVMajor, KVMajor]:
-        """Write ``k``/``v`` of ``layer`` at the rows' slots; the rows' keys/values. A
-        deferred view leaves the pool untouched (read-only) and keeps ``k``/``v`` for
-        `flush`; its gathered keys/values hold them at their slots all the same."""
+               ) -> tuple[PagedCache, PagedSlots, PagedSlots]:
+        """Write ``k``/``v`` of ``layer`` at the rows' slots (writes past a row's table
+        are dropped); the layer's keys/values as `PagedSlots`, read in place."""
         block, offset = self._physical(k.shape[1])
         new, out = self, []
         for name, x in (("k", k), ("v", v)):
-            xs = self.split(x)
-            if self.fresh_k is None:
-                # advanced (layer, block, offset) around a slice: [b, t] lead, x [b, t, kv, _]
-                pools = tuple(p.at[layer, :, block, offset].set(x, mode="drop")
-                              for p, x in zip(self.parts(name), xs, strict=True))
-                new = new._with_parts(name, pools)
-                rows = [self._gather(p, layer) for p in pools]
-            else:
-                kept = getattr(self, f"fresh_{name}")
-                new = new.replace(**{f"fresh_{name}": tuple(
-                    f.at[layer].set(x) for f, x in zip(kept, xs, strict=True))})
-                rows = [self._with_own(self._gather(p, layer), x)
-                        for p, x in zip(self.parts(name), xs, strict=True)]
-            out.append(KVMajor(rows[0], rows[1] if len(rows) > 1 else None))
+            # advanced (layer, block, offset) around a slice: [b, t] lead, x [b, t, kv, _]
+            pools = tuple(p.at[layer, :, block, offset].set(x, mode="drop")
+                          for p, x in zip(self.parts(name), self.split(x), strict=True))
+            new = new._with_parts(name, pools)
+            out.append(PagedSlots(pools[0], layer, self.table, self._end(k.shape[1]),
+                                  pools[1] if len(pools) > 1 else None))
         return new, out[0], out[1]
-
-    def _with_own(self, rows: Float[Array, "kv batch length last"],
-                  x: Float[Array, "batch t kv last"]) -> Array:
-        """Gathered rows with this call's ``x`` at their slots (those past the view are
-        dropped)."""
-        b, t = x.shape[:2]
-        slots = jnp.broadcast_to(jnp.asarray(self.index, jnp.int32), (b,))[:, None] \
-            + jnp.arange(t, dtype=jnp.int32)
-        # adjacent advanced (rows, slots) stay in place: [kv, b, t, last]
-        return rows.at[:, jnp.arange(b)[:, None], slots].set(x.transpose(2, 0, 1, 3),
-                                                              mode="drop")
 
     def key_slots(self, t: int) -> None:
         return None
@@ -208,54 +177,6 @@ def with_rows(cache: Any, table: Int[Array, "batch max_blocks"], index: WriteInd
     """``cache`` (every stack) with this block table and write index."""
     return _map(lambda s: s.replace(table=jnp.asarray(table, jnp.int32),
                                     index=jnp.asarray(index, jnp.int32)), cache)
-
-
-def attention_span(cache: Any, span: int, t: int | None = None) -> Any:
-    """A view of ``cache`` whose rows see only their first ``span`` slots (a multiple of
-    the block size): attention then gathers ``span // block_size`` blocks per row, and
-    writes at slots ``>= span`` are dropped. With ``t`` (the tokens of the coming call)
-    the view is deferred: the call leaves the pool as it is (so the view can run inside
-    a ``lax.switch`` without copying the pool) and `flush` writes its keys/values."""
-    def one(s: PagedCache) -> PagedCache:
-        view = s.replace(table=s.table[:, :span // s.block_size])
-        if t is None:
-            return view
-        def zeros(name: str) -> tuple[Array, ...]:
-            return tuple(jnp.zeros((p.shape[0], s.table.shape[0], t, p.shape[1], p.shape[4]),
-                                   p.dtype) for p in s.parts(name))
-
-        return view.replace(fresh_k=zeros("k"), fresh_v=zeros("v"))
-
-    return _map(one, cache)
-
-
-def restore_span(view: Any, cache: Any) -> Any:
-    """The pool (and index) of ``view`` with the block table of ``cache`` (the inverse of
-    `attention_span` without ``t``)."""
-    return with_rows(view, stacks(cache)[0].table, stacks(view)[0].index)
-
-
-def fresh(view: Any) -> list[tuple[tuple[Array, ...], tuple[Array, ...]]]:
-    """The keys/values a deferred view kept, per stack."""
-    return [(s.fresh_k, s.fresh_v) for s in stacks(view)]
-
-
-def flush(cache: Any, kept: list[tuple[tuple[Array, ...], tuple[Array, ...]]], t: int
-          ) -> Any:
-    """``cache`` with the keys/values ``kept`` from a deferred view of ``t`` tokens written
-    at its index (every layer in one scatter per stack), index + t."""
-    it = iter(kept)
-
-    def one(s: PagedCache) -> PagedCache:
-        block, offset = s._physical(t)
-        for name, parts in zip(("k", "v"), next(it), strict=True):
-            # adjacent advanced (block, offset) stay in place: [layers, kv, b, t, last]
-            s = s._with_parts(name, tuple(
-                p.at[:, :, block, offset].set(f.transpose(0, 3, 1, 2, 4), mode="drop")
-                for p, f in zip(s.parts(name), parts, strict=True)))
-        return s.replace(index=s.index + t)
-
-    return _map(one, cache)
 
 
 def _map(fn: Any, cache: Any) -> Any:
