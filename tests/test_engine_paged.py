@@ -126,8 +126,9 @@ def _attend_both(bs: int, softcap: float | None, int8: bool):
                                k_scale=ks if int8 else None, v_scale=vs if int8 else None)
             t = q.shape[1]
             visible = cache.visibility(mask, jnp.zeros((q.shape[0], t), jnp.int32), t)
-            keys = PagedSlots(kp, 1, table, cache._end(t), ks if int8 else None)
-            values = PagedSlots(vp, 1, table, cache._end(t), vs if int8 else None)
+            ends = cache._row_end(t)          # blocks past a row's end: the null block
+            keys = PagedSlots(kp, 1, table, ends.max(), ks if int8 else None, ends)
+            values = PagedSlots(vp, 1, table, ends.max(), vs if int8 else None, ends)
             chunked, _ = attend(q, keys, values, visible, 0.3, softcap)
             (kx, kxs), (vx, vxs) = keys.gather(), values.gather()
             whole, _ = attend(q, KVMajor(kx, kxs), KVMajor(vx, vxs), visible, 0.3, softcap)
@@ -144,8 +145,9 @@ def _attend_both(bs: int, softcap: float | None, int8: bool):
 def test_chunked_paged_attention_equals_whole_rows(bs, t, softcap, int8, seed, parked, edge):
     """Decode attention read chunk by chunk from the pool equals the attention over the
     rows' blocks copied out, for scattered tables, rows of any length (a masked tail of
-    uneven chunks), parked rows (index past the end: left out of the chunks) and int8
-    pools with scales; every unparked row's output matches."""
+    uneven chunks; with ``edge`` the longest row's new keys start a chunk; blocks past a
+    row's end read as the null block), parked rows (index past the end: left out) and
+    int8 pools with scales; every unparked row's output matches."""
     rs = np.random.RandomState(seed)
     b, kv, hd, n_blocks, heads = 3, 2, 8, 11, 4
     blocks = b * n_blocks + 1

@@ -82,7 +82,7 @@ class Engine:
 
     def __init__(self, lm: Any, *, max_slots: int = 16, max_length: int | None = None,
                  block_size: int = 16, num_blocks: int | None = None,
-                 prefill_chunk: int = 128, prefill_budget: int | None = None,
+                 prefill_chunk: int = 256, prefill_budget: int | None = None,
                  steps_per_round: int = 16, prefix_caching: bool = True, logprobs: bool = False,
                  k_max: int = 64, max_eos: int = 4, max_stop_strings: int = 4,
                  max_stop_bytes: int = 32, penalties: bool = True, top_logprobs: int = 20,

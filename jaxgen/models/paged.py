@@ -112,11 +112,15 @@ class PagedCache:
         block = jnp.where(slots < self.length, block, self.k.shape[2])
         return block, slots % self.block_size
 
-    def _end(self, t: int) -> Int[Array, ""]:
-        """One past the last slot a row of this call may see: rows whose index is at or
-        past the end (finished engine slots, whose writes are dropped) do not count."""
+    def _row_end(self, t: int) -> Int[Array, " batch"]:
+        """One past the last slot each row of this call may see; 0 for rows whose index is
+        at or past the end (finished engine slots, whose writes are dropped)."""
         index = jnp.broadcast_to(jnp.asarray(self.index, jnp.int32), self.table.shape[:1])
-        return jnp.max(jnp.where(index < self.length, jnp.minimum(index + t, self.length), 0))
+        return jnp.where(index < self.length, jnp.minimum(index + t, self.length), 0)
+
+    def _end(self, t: int) -> Int[Array, ""]:
+        """One past the last slot any row of this call may see (`_row_end`)."""
+        return jnp.max(self._row_end(t))
 
     def update(self, layer: int, k: Float[Array, "batch t kv hd"], v: Array
                ) -> tuple[PagedCache, PagedSlots, PagedSlots]:
@@ -129,8 +133,9 @@ class PagedCache:
             pools = tuple(p.at[layer, :, block, offset].set(x, mode="drop")
                           for p, x in zip(self.parts(name), self.split(x), strict=True))
             new = new._with_parts(name, pools)
-            out.append(PagedSlots(pools[0], layer, self.table, self._end(k.shape[1]),
-                                  pools[1] if len(pools) > 1 else None))
+            ends = self._row_end(k.shape[1])
+            out.append(PagedSlots(pools[0], layer, self.table, jnp.max(ends),
+                                  pools[1] if len(pools) > 1 else None, ends))
         return new, out[0], out[1]
 
     def key_slots(self, t: int) -> None:
