@@ -123,7 +123,7 @@ def run_requests(lm: Any, inputs: Sequence[Any], config: GenerationConfig | None
     engine = Engine(lm, max_slots=slots, **{**_sizes(list(preps.values())),
                                             **(engine_options or {})})
     # longest first: the last requests to start are the shortest, so the tail of the run
-    # (slots idle while the last requests finish) and the attention span shrink together
+    # (slots idle while the last requests finish) and the chunks a step reads shrink together
     order = sorted(preps, key=lambda i: -preps[i].total)
     handles = {i: engine.submit(engine.prepare(preps[i])) for i in order}
     _drive(engine, handles, progress, on_result)
