@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import jaxgen
-from jaxgen.models import load_checkpoint, logits
+from jaxgen.models import load_checkpoint, logits, quant
 from jaxgen.models.quant import Int8KVCache, QTensor, quantize
 from jaxgen.quant import is_quantized, prepare
 from tests.test_families import CASES, EOS, PAD, PROMPT, _randomize
@@ -135,3 +135,21 @@ def test_scanned_params_save_in_the_hugging_face_layout(tmp_path):
     with pytest.raises(ValueError, match="int8"):
         save_checkpoint(*prepare(lm.model, lm.params, scan_layers=False, quantize="int8",
                                  kv_cache_dtype=None), tmp_path)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_one_row_dot_equals_its_row_in_a_batch(dtype):
+    """A one-row half-precision dot (padded to two rows for XLA:CPU's fast kernel) gives
+    exactly the row a two-row dot gives, for ``x @ w`` and the tied head ``x @ table.T``,
+    with extra leading dims, in ``x``'s dtype."""
+    rs = np.random.RandomState(0)
+    x2 = jnp.asarray(rs.standard_normal((2, 1, 48)), dtype)
+    w = jnp.asarray(rs.standard_normal((48, 80)) * 0.1, dtype)
+    table = jnp.asarray(rs.standard_normal((80, 48)) * 0.1, dtype)
+    for fn, arg in ((quant.matmul, w), (quant.matmul_t, table)):
+        one, two = jax.jit(fn)(x2[:1], arg), jax.jit(fn)(x2, arg)
+        assert one.shape == (1, 1, 80) and one.dtype == jnp.dtype(dtype)
+        f32 = np.float32
+        np.testing.assert_array_equal(np.asarray(one, f32), np.asarray(two[:1], f32))
+        flat = jax.jit(fn)(x2[0, 0], arg)                      # no leading dims at all
+        np.testing.assert_array_equal(np.asarray(flat, f32), np.asarray(one[0, 0], f32))
