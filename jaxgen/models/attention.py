@@ -135,9 +135,9 @@ def _attend_paged(q: Float[Array, "batch t heads hd"], keys: PagedSlots, values:
     """`_attend_major` over a paged pool without copying the rows out: a loop over the
     chunks below ``end`` writes the scores (each the same dot over ``hd`` as the whole
     version's), the softmax is the whole version's, and a second loop sums
-    ``probs @ values`` chunk by chunk (float32). Each chunk's copy is a few KiB per row,
-    so it stays in the CPU caches; the whole version writes every row out to memory
-    and reads it back."""
+    ``probs @ values`` chunk by chunk (float32). A chunk's copy (about
+    `jaxgen.models.live.PAGED_CHUNK_BYTES` over the rows) stays in the CPU caches; the
+    whole version writes every row out to memory and reads it back."""
     b, t, heads, hd = q.shape
     kv, s = keys.kv, keys.slots
     g = heads // kv

@@ -68,7 +68,6 @@ class LiveSlots:
 #: bundled model (2 kv heads x 64 float32): 256 slots per chunk ran 14% faster than 64
 #: and 26% faster than 512 at 600 filled slots.
 PAGED_CHUNK_BYTES = 2 << 20
-MASK_DEAD_BLOCKS = True
 
 
 @struct.dataclass
@@ -80,8 +79,9 @@ class PagedSlots:
     layout with ``last = 1``), ``table [batch, n]`` (logical block -> pool block) and
     ``end``: no row sees a slot at or past it. `gather` copies every row's blocks out
     (``[kv, batch, n * B, last]``, for prefill); `chunk` copies only ``c`` blocks per
-    row, so a decode step can walk the blocks below ``end`` in a loop whose pieces stay
-    in the CPU caches (`jaxgen.models.attention`), instead of copying the rows whole."""
+    row (`per_chunk`), so a decode step can walk the blocks below ``end`` in a loop whose
+    pieces stay in the CPU caches (`jaxgen.models.attention`), instead of copying the
+    rows whole. ``row_end``: blocks at or past a row's own end read as the null block."""
 
     pool: Array
     layer: Any          # int, or traced under a scan over layers
@@ -140,7 +140,7 @@ class PagedSlots:
         """Chunk ``j`` of every row (``C = c * B`` slots from slot ``j * C``) and its
         scales."""
         cols = lax.dynamic_index_in_dim(table, j, 1, keepdims=False)     # [batch, c]
-        if self.row_end is not None and MASK_DEAD_BLOCKS:
+        if self.row_end is not None:
             # blocks a row cannot see yet (reserved for its later tokens) read the null
             # block instead: it stays in the CPU caches, the row's own blocks come from
             # memory only while live

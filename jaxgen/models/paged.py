@@ -118,10 +118,6 @@ class PagedCache:
         index = jnp.broadcast_to(jnp.asarray(self.index, jnp.int32), self.table.shape[:1])
         return jnp.where(index < self.length, jnp.minimum(index + t, self.length), 0)
 
-    def _end(self, t: int) -> Int[Array, ""]:
-        """One past the last slot any row of this call may see (`_row_end`)."""
-        return jnp.max(self._row_end(t))
-
     def update(self, layer: int, k: Float[Array, "batch t kv hd"], v: Array
                ) -> tuple[PagedCache, PagedSlots, PagedSlots]:
         """Write ``k``/``v`` of ``layer`` at the rows' slots (writes past a row's table
