@@ -12,9 +12,11 @@ Two setups, batch 1 and 4, 128 new tokens, eos disabled, greedy (outputs must be
   not trained for early exit, so this row shows the cost of a poor draft).
 
 Reports tokens/s (median of interleaved repeats), the ratio to plain greedy and the mean
-number of tokens written per target forward pass.
+number of tokens written per target forward pass. ``--model smollm2`` runs only the
+prompt-lookup rows, on real SmolLM2-135M-Instruct (float32 from its GGUF, fetched into the
+tests' cache), with the same kind of repetitive prompt.
 
-    python benchmarks/bench_speculative.py [--repeats 5]
+    python benchmarks/bench_speculative.py [--repeats 5] [--model smollm2]
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -65,23 +68,36 @@ def run(name, lm, inputs, extra, repeats):
             f"{spec.speculative['mean_tokens_per_pass']:.2f} | {equal}/{rows} |")
 
 
+def prompt_lookup(lm, name, lines, repeats):
+    """The prompt-lookup rows: a random 16-token passage repeated 4 times, batch 1 and 4."""
+    rs = np.random.RandomState(0)
+    for batch in (1, 4):
+        ids = np.stack([np.tile(rs.randint(1, lm.model.vocab_size, size=16), 4)
+                        for _ in range(batch)])
+        inputs = dict(input_ids=ids, attention_mask=np.ones_like(ids), pad_token_id=0)
+        for k in (3, 5):
+            lines.append(run(f"prompt lookup K={k}, repetitive prompt ({name})", lm,
+                             inputs, dict(prompt_lookup_num_tokens=k), repeats))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--model", choices=("default", "smollm2"), default="default")
     args = ap.parse_args()
+    lines = ["| setup | batch | greedy tok/s | speculative tok/s | ratio | tokens per "
+             "target pass | rows equal to greedy |", "|---|---:|---:|---:|---:|---:|---:|"]
+    if args.model == "smollm2":
+        sys.path.insert(0, str(HERE.parent / "tests"))
+        from real_models import smollm2_gguf
+
+        prompt_lookup(jaxgen.load(smollm2_gguf()), "SmolLM2-135M", lines, args.repeats)
+        _print(args, lines)
+        return
     from bench_generate import CKPT, make_checkpoint
 
     make_checkpoint(CKPT)
-    lines = ["| setup | batch | greedy tok/s | speculative tok/s | ratio | tokens per "
-             "target pass | rows equal to greedy |", "|---|---:|---:|---:|---:|---:|---:|"]
-    gpt2 = jaxgen.load(CKPT)
-    rs = np.random.RandomState(0)
-    for batch in (1, 4):
-        ids = np.stack([np.tile(rs.randint(1, 8192, size=16), 4) for _ in range(batch)])
-        inputs = dict(input_ids=ids, attention_mask=np.ones_like(ids), pad_token_id=0)
-        for k in (3, 5):
-            lines.append(run(f"prompt lookup K={k}, repetitive prompt (GPT-2 shape)", gpt2,
-                             inputs, dict(prompt_lookup_num_tokens=k), args.repeats))
+    prompt_lookup(jaxgen.load(CKPT), "GPT-2 shape", lines, args.repeats)
     lm, draft = jaxgen.load(), jaxgen.load_draft()
     held = DATA.read_text()[int(0.9 * len(DATA.read_text())):]
     starts = [0, 5000, 20000, 40000]
@@ -99,6 +115,10 @@ def main() -> None:
             lines.append(run(f"early exit after {n} of 6 layers, K=3 (default model)", lm,
                              inputs, dict(assistant_early_exit=n, num_assistant_tokens=3),
                              args.repeats))
+    _print(args, lines)
+
+
+def _print(args, lines) -> None:
     head = (f"{datetime.datetime.now().isoformat(timespec='seconds')}, {NEW} new tokens, "
             f"greedy, eos disabled, median of {args.repeats} interleaved repeats")
     print(head + "\n\n" + "\n".join(lines))
