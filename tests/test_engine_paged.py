@@ -127,8 +127,8 @@ def _attend_both(bs: int, softcap: float | None, int8: bool):
             t = q.shape[1]
             visible = cache.visibility(mask, jnp.zeros((q.shape[0], t), jnp.int32), t)
             ends = cache._row_end(t)          # blocks past a row's end: the null block
-            keys = PagedSlots(kp, 1, table, ends.max(), ks if int8 else None, ends)
-            values = PagedSlots(vp, 1, table, ends.max(), vs if int8 else None, ends)
+            keys = PagedSlots(kp, 1, table, ends, ks if int8 else None)
+            values = PagedSlots(vp, 1, table, ends, vs if int8 else None)
             chunked, _ = attend(q, keys, values, visible, 0.3, softcap)
             (kx, kxs), (vx, vxs) = keys.gather(), values.gather()
             whole, _ = attend(q, KVMajor(kx, kxs), KVMajor(vx, vxs), visible, 0.3, softcap)
@@ -160,7 +160,7 @@ def test_chunked_paged_attention_equals_whole_rows(bs, t, softcap, int8, seed, p
     length = n_blocks * bs
     index = rs.randint(0, length - t + 1, b).astype(np.int32)
     if edge:                    # the longest row writes the first slots of its last chunk
-        width = PagedSlots(pools[0], 0, table, 0).per_chunk * bs
+        width = PagedSlots(pools[0], 0, table, np.zeros(b, np.int32)).per_chunk * bs
         index[0] = (length - t) // width * width
         index[1:] = np.minimum(index[1:], index[0])
         parked[0] = False

@@ -77,18 +77,23 @@ class PagedSlots:
 
     pool ``[layers, kv, blocks, B, last]`` (``scale``: int8 per-slot scales, same
     layout with ``last = 1``), ``table [batch, n]`` (logical block -> pool block) and
-    ``end``: no row sees a slot at or past it. `gather` copies every row's blocks out
-    (``[kv, batch, n * B, last]``, for prefill); `chunk` copies only ``c`` blocks per
-    row (`per_chunk`), so a decode step can walk the blocks below ``end`` in a loop whose
-    pieces stay in the CPU caches (`jaxgen.models.attention`), instead of copying the
-    rows whole. ``row_end``: blocks at or past a row's own end read as the null block."""
+    ``row_end`` (row ``r`` sees no slot at or past ``row_end[r]``; ``end`` is their max).
+    `gather` copies every row's blocks out (``[kv, batch, n * B, last]``, for prefill);
+    `chunk` copies only ``c`` blocks per row (`per_chunk`), so a decode step can walk the
+    blocks below ``end`` in a loop whose pieces stay in the CPU caches
+    (`jaxgen.models.attention`), instead of copying the rows whole; a chunk's blocks at
+    or past a row's end read as the null block."""
 
     pool: Array
     layer: Any          # int, or traced under a scan over layers
     table: Int[Array, "batch n"]
-    end: Int[Array, ""]
+    row_end: Int[Array, " batch"]   # per row: no slot at or past it is seen
     scale: Any = None
-    row_end: Int[Array, " batch"] | None = None   # per row: no slot at or past it is seen
+
+    @property
+    def end(self) -> Int[Array, ""]:
+        """No row sees a slot at or past it."""
+        return jnp.max(self.row_end)
 
     @property
     def kv(self) -> int:
@@ -140,11 +145,10 @@ class PagedSlots:
         """Chunk ``j`` of every row (``C = c * B`` slots from slot ``j * C``) and its
         scales."""
         cols = lax.dynamic_index_in_dim(table, j, 1, keepdims=False)     # [batch, c]
-        if self.row_end is not None:
-            # blocks a row cannot see yet (reserved for its later tokens) read the null
-            # block instead: it stays in the CPU caches, the row's own blocks come from
-            # memory only while live
-            first = (j * cols.shape[1] + jnp.arange(cols.shape[1])) * self.block_size
-            cols = jnp.where(first[None] < self.row_end[:, None], cols, 0)
+        # blocks a row cannot see yet (reserved for its later tokens) read the null block
+        # instead: it stays in the CPU caches, the row's own blocks come from memory only
+        # while live
+        first = (j * cols.shape[1] + jnp.arange(cols.shape[1])) * self.block_size
+        cols = jnp.where(first[None] < self.row_end[:, None], cols, 0)
         return self._take(self.pool, cols), (
             None if self.scale is None else self._take(self.scale, cols))

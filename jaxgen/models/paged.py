@@ -123,15 +123,15 @@ class PagedCache:
         """Write ``k``/``v`` of ``layer`` at the rows' slots (writes past a row's table
         are dropped); the layer's keys/values as `PagedSlots`, read in place."""
         block, offset = self._physical(k.shape[1])
+        ends = self._row_end(k.shape[1])
         new, out = self, []
         for name, x in (("k", k), ("v", v)):
             # advanced (layer, block, offset) around a slice: [b, t] lead, x [b, t, kv, _]
             pools = tuple(p.at[layer, :, block, offset].set(x, mode="drop")
                           for p, x in zip(self.parts(name), self.split(x), strict=True))
             new = new._with_parts(name, pools)
-            ends = self._row_end(k.shape[1])
-            out.append(PagedSlots(pools[0], layer, self.table, jnp.max(ends),
-                                  pools[1] if len(pools) > 1 else None, ends))
+            out.append(PagedSlots(pools[0], layer, self.table, ends,
+                                  pools[1] if len(pools) > 1 else None))
         return new, out[0], out[1]
 
     def key_slots(self, t: int) -> None:
