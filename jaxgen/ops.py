@@ -10,7 +10,12 @@ Three groups:
   (``[rows, n] -> [rows, vocab]``), ``member``, ``one_hot``, ``bias_row``;
 - per-row helpers, where a value is either a scalar (one for the whole batch) or a
   ``[rows]`` vector: ``as_column``, ``row_index``, ``row_slice``, ``row_take``,
-  ``repeat_rows``; plus ``fast_argmax`` and ``top_k_threshold``.
+  ``repeat_rows``; plus ``fast_argmax`` and ``top_k_threshold``;
+- moving 16-bit floats as bits (``as_bits``, ``take_bits``, ``set_bits``,
+  ``update_bits``): XLA:CPU float-normalises a gather, scatter or dynamic update of a
+  bfloat16/float16 buffer,
+  converting the *whole* buffer to float32 and back (an embedding table, a paged KV
+  pool, each step); moved as ``uint16`` the same bits copy with no convert.
 
 A scalar stays on the scalar code path (no broadcast, no gather), so per-row support
 costs nothing when it is not used.
@@ -237,3 +242,41 @@ def repeat_rows(x: Array, batch: int) -> Array:
     if batch % x.shape[0]:
         raise ValueError(f"per-row values for {x.shape[0]} rows cannot serve {batch} rows")
     return jnp.repeat(x, batch // x.shape[0], axis=0)
+
+
+# --- 16-bit floats moved as bits (XLA:CPU converts whole bf16/f16 operands otherwise) ---
+
+def _half(x: Array) -> bool:
+    return jnp.issubdtype(x.dtype, jnp.floating) and x.dtype.itemsize == 2
+
+
+def as_bits(x: Array) -> Array:
+    """A bfloat16/float16 array as ``uint16`` (a free bitcast); any other array as is."""
+    return jax.lax.bitcast_convert_type(x, jnp.uint16) if _half(x) else x
+
+
+def take_bits(x: Array, indices: Array, axis: int = 0, **kw: Any) -> Array:
+    """``jnp.take(x, indices, axis, **kw)``, gathering 16-bit floats as bits."""
+    if not _half(x):
+        return jnp.take(x, indices, axis=axis, **kw)
+    out = jnp.take(as_bits(x), indices, axis=axis, **kw)
+    return jax.lax.bitcast_convert_type(out, x.dtype)
+
+
+def set_bits(x: Array, index: Any, values: Array, **kw: Any) -> Array:
+    """``x.at[index].set(values.astype(x.dtype), **kw)``, scattering 16-bit floats as
+    bits."""
+    values = jnp.asarray(values).astype(x.dtype)
+    if not _half(x):
+        return x.at[index].set(values, **kw)
+    out = as_bits(x).at[index].set(as_bits(values), **kw)
+    return jax.lax.bitcast_convert_type(out, x.dtype)
+
+
+def update_bits(x: Array, update: Array, start: tuple[Any, ...]) -> Array:
+    """``lax.dynamic_update_slice(x, update, start)``, writing 16-bit floats as bits."""
+    update = update.astype(x.dtype)
+    if not _half(x):
+        return jax.lax.dynamic_update_slice(x, update, start)
+    out = jax.lax.dynamic_update_slice(as_bits(x), as_bits(update), start)
+    return jax.lax.bitcast_convert_type(out, x.dtype)

@@ -39,6 +39,7 @@ from jaxtyping import Array, Bool, Float, Int
 
 from jaxgen.models.live import LiveSlots
 from jaxgen.models.per_layer import Layers, split_layers, take_batch_rows
+from jaxgen.ops import set_bits, update_bits
 
 # The cache write position: one slot for every row, or one slot per row.
 WriteIndex = Int[Array, ""] | Int[Array, " batch"]
@@ -86,7 +87,7 @@ def write_kv(cache: Stack5, x: Float[Array, "batch t kv hd"], layer: int, index:
         zero = jnp.zeros((), jnp.int32)
         start = (jnp.asarray(layer, jnp.int32), zero, zero, index, zero)
         # [batch, t, kv, hd] -> [1, batch, kv, t, hd]
-        return lax.dynamic_update_slice(cache, x.transpose(0, 2, 1, 3)[None], start)
+        return update_bits(cache, x.transpose(0, 2, 1, 3)[None], start)
     start = jnp.clip(index, 0, cache.shape[3] - x.shape[1])  # [batch]
     return _scatter_slots(cache, x, layer, start[:, None] + jnp.arange(x.shape[1]))
 
@@ -100,7 +101,7 @@ def _scatter_slots(cache: Stack5, x: Float[Array, "batch n kv hd"], layer: Any,
     rows = jnp.arange(b, dtype=jnp.int32)[:, None]  # [batch, 1]
     slots = jnp.broadcast_to(slots, (b, n))
     # advanced indices (layer, rows, slots) broadcast to [batch, n] and lead: x's layout
-    return cache.at[layer, rows, :, slots].set(x.astype(cache.dtype), mode="promise_in_bounds")
+    return set_bits(cache, (layer, rows, slice(None), slots), x, mode="promise_in_bounds")
 
 
 def checked_index(index: Any, batch: int) -> WriteIndex:

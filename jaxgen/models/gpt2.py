@@ -31,6 +31,7 @@ from jaxgen.models.decoder import dense
 from jaxgen.models.decoder_config import ACTIVATIONS
 from jaxgen.models.layers import LayerSpec, run_layers
 from jaxgen.models.registry import Family, TensorNames, register
+from jaxgen.ops import take_bits
 
 _ARCHITECTURE = "GPT2LMHeadModel"
 Params = dict[str, Any]
@@ -142,8 +143,8 @@ class GPT2(LanguageModel):
                 mask: Array, outputs: tuple[str, ...]) -> tuple[Array, KVCache, dict]:
         """Token + position embeddings, the blocks (`run_layers`), ``ln_f``, the head."""
         c = self.config
-        x = (jnp.take(params["wte"]["embedding"], tokens, axis=0)
-             + jnp.take(params["wpe"]["embedding"], positions, axis=0))
+        x = (take_bits(params["wte"]["embedding"], tokens, axis=0)
+             + take_bits(params["wpe"]["embedding"], positions, axis=0))
 
         def layer_fn(p: Params, spec: LayerSpec, x: Array, stack: Any, visible: Array,
                      with_probs: bool) -> tuple[Array, Any, Array | None]:

@@ -24,6 +24,7 @@ from jax import lax
 from jaxtyping import Array, Float, Int
 
 from jaxgen.models.per_layer import Layers
+from jaxgen.ops import take_bits
 
 BLOCK = 512  # the smallest bucket; a stack of at most this many slots is read whole
 
@@ -126,7 +127,7 @@ class PagedSlots:
         heads = jnp.asarray(self.layer, jnp.int32) * kv + jnp.arange(kv, dtype=jnp.int32)
         rows = (heads[:, None, None] * blocks + table[None]).reshape(-1)
         flat = pool.reshape(layers * kv * blocks, bs * last)
-        return jnp.take(flat, rows, axis=0, mode="clip").reshape(kv, b, m * bs, last)
+        return take_bits(flat, rows, axis=0, mode="clip").reshape(kv, b, m * bs, last)
 
     def gather(self) -> tuple[Float[Array, "kv batch S last"], Any]:
         """Every row's blocks in logical order, and their scales (None for floats)."""

@@ -39,6 +39,7 @@ from jaxgen.models.cache import (
 )
 from jaxgen.models.live import PagedSlots
 from jaxgen.models.quant import quantize
+from jaxgen.ops import set_bits
 
 Pool = Float[Array, "layers kv blocks block hd"]  # pool[layer]: Pallas' k_pages layout
 
@@ -127,7 +128,7 @@ class PagedCache:
         new, out = self, []
         for name, x in (("k", k), ("v", v)):
             # advanced (layer, block, offset) around a slice: [b, t] lead, x [b, t, kv, _]
-            pools = tuple(p.at[layer, :, block, offset].set(x, mode="drop")
+            pools = tuple(set_bits(p, (layer, slice(None), block, offset), x, mode="drop")
                           for p, x in zip(self.parts(name), self.split(x), strict=True))
             new = new._with_parts(name, pools)
             out.append(PagedSlots(pools[0], layer, self.table, ends,
@@ -191,5 +192,5 @@ def block_bytes(cache: Any) -> int:
     total = 0
     for s in stacks(cache):
         for pool in (*s.parts("k"), *s.parts("v")):
-            total += pool[:, :, 0].size * pool.dtype.itemsize
+            total += pool.size // pool.shape[2] * pool.dtype.itemsize  # no slicing
     return total

@@ -23,6 +23,8 @@ import jax.numpy as jnp
 from flax import struct
 from jaxtyping import Array
 
+from jaxgen.ops import take_bits
+
 FIELDS = ("k", "v", "k_scale", "v_scale")  # the per-layer arrays of a stack
 
 
@@ -59,8 +61,8 @@ class Layers:
 def take_batch_rows(x: Any, rows: Array) -> Any:
     """Rows ``rows`` of a stacked ``[layers, batch, ...]`` array or of `Layers`."""
     if isinstance(x, Layers):
-        return x.map(lambda a: jnp.take(a, rows, axis=0))
-    return jnp.take(x, rows, axis=1)
+        return x.map(lambda a: take_bits(a, rows, axis=0))
+    return take_bits(x, rows, axis=1)
 
 
 def _convert(tree: Any, is_stack: Callable[[Any], bool], fn: Callable[[Any], Any]) -> Any:

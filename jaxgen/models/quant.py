@@ -27,6 +27,7 @@ from jaxtyping import Array, Float, Int, Int8
 
 from jaxgen.models.cache import KVCache, Stack5, WriteIndex, write_kv
 from jaxgen.models.per_layer import take_batch_rows
+from jaxgen.ops import take_bits
 
 QMAX = 127.0
 
@@ -105,7 +106,7 @@ def matmul_t(x: Float[Array, "... d"], table: Any) -> Float[Array, "... rows"]:
 def take_rows(table: Any, ids: Int[Array, "*dims"], dtype: Any) -> Float[Array, "... d"]:
     """``table[ids]`` (an embedding lookup) in ``dtype``, dequantizing the rows taken."""
     if not isinstance(table, QTensor):
-        return jnp.take(table, ids, axis=0)
+        return take_bits(table, ids, axis=0)
     rows = jnp.take(table.q, ids, axis=0).astype(jnp.float32)
     return (rows * jnp.take(table.scale, ids, axis=0)).astype(dtype)
 

@@ -29,7 +29,7 @@ from jaxtyping import Array, Float, Int
 from jaxgen.decoding.state import LoopState
 from jaxgen.models.cache import KVCache, LayerCaches, RingCache
 from jaxgen.models.per_layer import Layers
-from jaxgen.ops import row_slice
+from jaxgen.ops import as_bits, row_slice
 
 BLOCK = 16  # slots copied per loop iteration (copies stop at the last written block)
 
@@ -82,16 +82,6 @@ def assign(lanes: Int[Array, "B K"], parents: Int[Array, "B K"]
             jnp.sum(fork).astype(jnp.int32))
 
 
-def _as_bits(x: Array) -> Array:
-    """A 16-bit float buffer as ``uint16`` (free): XLA:CPU converts a bfloat16/float16
-    buffer updated inside a loop to float32 and back around the loop, a copy of the
-    whole cache each step (343 against 8 ms for a SmolLM2-sized cache); bits are moved
-    as they are."""
-    if jnp.issubdtype(x.dtype, jnp.floating) and x.dtype.itemsize == 2:
-        return lax.bitcast_convert_type(x, jnp.uint16)
-    return x
-
-
 def _copy_stack(stack: Any, src: Array, dst: Array, count: Array, lo: int) -> Any:
     """``stack`` with rows ``src[c]`` copied to ``dst[c]`` (``c < count``), slots ``lo``
     up to its index (a ring: all of it)."""
@@ -119,7 +109,7 @@ def _copy_stack(stack: Any, src: Array, dst: Array, count: Array, lo: int) -> An
             (*at, dst[c], zero, start, zero)) for x in kv)
 
     dtypes = [x.dtype for x in arrays]
-    out = lax.fori_loop(0, count * blocks, body, tuple(map(_as_bits, arrays)))
+    out = lax.fori_loop(0, count * blocks, body, tuple(map(as_bits, arrays)))
     out = tuple(lax.bitcast_convert_type(x, d) for x, d in zip(out, dtypes, strict=True))
     if not split:
         return stack.replace(k=out[0], v=out[1])
