@@ -3,6 +3,7 @@
     python benchmarks/bench_batch.py --quick          # a few minutes
     python benchmarks/bench_batch.py                  # 256 requests on the bundled model
     python benchmarks/bench_batch.py --model smollm2 --requests 64   # the real GGUF model
+    python benchmarks/bench_batch.py --model smollm2 --requests 32 --dtype bfloat16
 
 Workloads (one process, same weights everywhere, greedy, eos enabled):
 
@@ -139,25 +140,25 @@ def table(rows, columns):
     return "\n".join(lines)
 
 
-def load(name):
-    """(jaxgen LM, transformers model or None) on the same weights."""
+def load(name, dtype="float32"):
+    """(jaxgen LM, transformers model or None) on the same weights, in ``dtype``."""
     import torch
 
     torch.set_num_threads(int(os.environ.get("BENCH_TORCH_THREADS", "2")))
     from transformers import AutoModelForCausalLM
 
     if name == "bundled":
-        lm = jaxgen.load()
+        lm = jaxgen.load(dtype=dtype)
         hf = AutoModelForCausalLM.from_pretrained(str(jaxgen.lm.DEFAULT_MODEL_DIR),
-                                                  dtype=torch.float32)
+                                                  dtype=getattr(torch, dtype))
         return lm, hf.eval()
     sys.path.insert(0, str(HERE.parent / "tests"))
     from real_models import smollm2_gguf
 
     path = smollm2_gguf()
-    lm = jaxgen.load(path)
+    lm = jaxgen.load(path, dtype=dtype)
     hf = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
-                                              dtype=torch.float32)
+                                              dtype=getattr(torch, dtype))
     return lm, hf.eval()
 
 
@@ -222,6 +223,8 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="48 requests, shorter lengths")
     ap.add_argument("--model", choices=("bundled", "smollm2"), default="bundled")
     ap.add_argument("--requests", type=int, default=None)
+    ap.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                    help="weights and KV cache (jaxgen and transformers alike)")
     ap.add_argument("--slots", type=int, default=16)
     ap.add_argument("--no-transformers", action="store_true")
     ap.add_argument("--json", default=None)
@@ -230,7 +233,7 @@ def main(argv=None):
     args.prompt_range = (8, 128) if args.quick else (8, 512)
     args.new_range = (16, 64) if args.quick else (16, 256)
     args.system_tokens = 96 if args.quick else 256
-    lm, hf = load(args.model)
+    lm, hf = load(args.model, args.dtype)
     if args.no_transformers:
         hf = None
     eos = lm.generation_config.eos_token_ids()
@@ -243,7 +246,7 @@ def main(argv=None):
 
     print(f"\n{time.strftime('%Y-%m-%dT%H:%M:%S')} | {platform.processor() or platform.machine()}"
           f" | {os.cpu_count()} cores | jax {jax.__version__}, torch {torch.__version__}, "
-          f"transformers {transformers.__version__} | model {args.model}\n")
+          f"transformers {transformers.__version__} | model {args.model}, {args.dtype}\n")
     print(f"### Mixed workload: {args.requests} requests, prompts {args.prompt_range}, "
           f"max_new_tokens {args.new_range}, greedy, eos on, {args.slots} slots\n")
     print(table(mixed_rows, ["system", "tokens", "seconds", "tok_s", "engine speed-up"]))
