@@ -1,7 +1,7 @@
 """Small array and argument helpers shared by processors, stopping criteria, the config
 and the decoding code. Nothing here imports the rest of jaxgen.
 
-Three groups:
+Four groups:
 
 - host-side argument handling, run once at construction: ``bucket``, ``pad_ids``,
   ``eos_ids``, ``as_leaf``, ``set_leaves``, ``is_int``, ``check_int``, ``check_number``,
@@ -13,9 +13,9 @@ Three groups:
   ``repeat_rows``; plus ``fast_argmax`` and ``top_k_threshold``;
 - moving 16-bit floats as bits (``as_bits``, ``take_bits``, ``set_bits``,
   ``update_bits``): XLA:CPU float-normalises a gather, scatter or dynamic update of a
-  bfloat16/float16 buffer,
-  converting the *whole* buffer to float32 and back (an embedding table, a paged KV
-  pool, each step); moved as ``uint16`` the same bits copy with no convert.
+  bfloat16/float16 buffer, converting the *whole* buffer to float32 and back (an
+  embedding table, a paged KV pool, each step); moved as ``uint16`` the same bits copy
+  with no convert.
 
 A scalar stays on the scalar code path (no broadcast, no gather), so per-row support
 costs nothing when it is not used.
