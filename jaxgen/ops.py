@@ -255,28 +255,27 @@ def as_bits(x: Array) -> Array:
     return jax.lax.bitcast_convert_type(x, jnp.uint16) if _half(x) else x
 
 
+def _via_bits(op: Callable[..., Array], x: Array, *values: Array) -> Array:
+    """``op(x, *values)`` (``values`` already in ``x.dtype``), run on the bits of a
+    16-bit float ``x``."""
+    if not _half(x):
+        return op(x, *values)
+    return jax.lax.bitcast_convert_type(op(as_bits(x), *map(as_bits, values)), x.dtype)
+
+
 def take_bits(x: Array, indices: Array, axis: int = 0, **kw: Any) -> Array:
     """``jnp.take(x, indices, axis, **kw)``, gathering 16-bit floats as bits."""
-    if not _half(x):
-        return jnp.take(x, indices, axis=axis, **kw)
-    out = jnp.take(as_bits(x), indices, axis=axis, **kw)
-    return jax.lax.bitcast_convert_type(out, x.dtype)
+    return _via_bits(lambda a: jnp.take(a, indices, axis=axis, **kw), x)
 
 
 def set_bits(x: Array, index: Any, values: Array, **kw: Any) -> Array:
     """``x.at[index].set(values.astype(x.dtype), **kw)``, scattering 16-bit floats as
     bits."""
-    values = jnp.asarray(values).astype(x.dtype)
-    if not _half(x):
-        return x.at[index].set(values, **kw)
-    out = as_bits(x).at[index].set(as_bits(values), **kw)
-    return jax.lax.bitcast_convert_type(out, x.dtype)
+    return _via_bits(lambda a, v: a.at[index].set(v, **kw), x,
+                     jnp.asarray(values).astype(x.dtype))
 
 
 def update_bits(x: Array, update: Array, start: tuple[Any, ...]) -> Array:
     """``lax.dynamic_update_slice(x, update, start)``, writing 16-bit floats as bits."""
-    update = update.astype(x.dtype)
-    if not _half(x):
-        return jax.lax.dynamic_update_slice(x, update, start)
-    out = jax.lax.dynamic_update_slice(as_bits(x), as_bits(update), start)
-    return jax.lax.bitcast_convert_type(out, x.dtype)
+    return _via_bits(lambda a, u: jax.lax.dynamic_update_slice(a, u, start), x,
+                     update.astype(x.dtype))

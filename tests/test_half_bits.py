@@ -18,6 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from jaxgen.decoding.strategies.contrastive import _put_rows
 from jaxgen.models import Llama, LlamaConfig
 from jaxgen.models.cache import KVCache
 from jaxgen.models.paged import paged_like, stacks, with_rows
@@ -82,6 +83,19 @@ def test_contiguous_decode_step_converts_no_cache(model):
                                  np.ones((2, 16), np.int32)).compile().as_text()
     bad = _converts_of(hlo, [cache.k.shape, (VOCAB, 32)])
     assert not bad, bad[:2]
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_contrastive_context_write_converts_nothing(dtype):
+    """Contrastive search writes each step's hidden states into a ``[rows, length, d]``
+    buffer inside the loop; in half precision that write must not convert the buffer."""
+    buf = jnp.zeros((8, 64, 32), dtype)
+    run = jax.jit(lambda b, x: jax.lax.fori_loop(0, 4, lambda i, c: _put_rows(c, x, i), b))
+    hlo = run.lower(buf, jnp.ones((8, 32), dtype)).compile().as_text()
+    assert not _converts_of(hlo, [buf.shape]), _converts_of(hlo, [buf.shape])[:2]
+    out = run(buf, jnp.full((8, 32), 1.5, dtype))
+    np.testing.assert_array_equal(np.asarray(out[:, :4], np.float32), 1.5)
+    np.testing.assert_array_equal(np.asarray(out[:, 4:], np.float32), 0.0)
 
 
 @settings(max_examples=20, deadline=None)

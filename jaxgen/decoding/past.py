@@ -31,7 +31,7 @@ from jaxgen.decoding.output import host
 from jaxgen.models.base import new_cache
 from jaxgen.models.cache import RingCache, is_stack
 from jaxgen.models.per_layer import stack_layers
-from jaxgen.ops import bucket
+from jaxgen.ops import bucket, take_bits
 
 MIN_FEED_BUCKET = 16
 
@@ -80,7 +80,7 @@ class Carry:
             if slot_axis is not None:
                 src = jnp.arange(n.shape[slot_axis]) - self.shift
                 ok = (src >= 0) & (src < o.shape[slot_axis])
-                x = jnp.take(x, jnp.clip(src, 0, o.shape[slot_axis] - 1), axis=slot_axis)
+                x = take_bits(x, jnp.clip(src, 0, o.shape[slot_axis] - 1), axis=slot_axis)
                 shape = [1] * x.ndim
                 shape[slot_axis] = -1
                 x = jnp.where(ok.reshape(shape), x, jnp.zeros((), x.dtype))

@@ -192,5 +192,5 @@ def block_bytes(cache: Any) -> int:
     total = 0
     for s in stacks(cache):
         for pool in (*s.parts("k"), *s.parts("v")):
-            total += pool.size // pool.shape[2] * pool.dtype.itemsize  # no slicing
+            total += pool.size // pool.shape[2] * pool.dtype.itemsize  # no eager slice
     return total

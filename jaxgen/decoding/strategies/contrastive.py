@@ -29,6 +29,7 @@ from jaxgen.decoding.output import GenerateOutput
 from jaxgen.decoding.protocol import Request, Strategy, finalize_rows
 from jaxgen.decoding.record import FLAGS, model_apply, model_wants, record, select
 from jaxgen.decoding.state import DecodeState, LoopState
+from jaxgen.ops import update_bits
 
 
 @struct.dataclass
@@ -67,8 +68,7 @@ class ContrastiveSearch(Strategy):
         b, length = loop.sequences.shape
         last = extras["hidden_states"][-1]                           # [B, P, d]
         context = jnp.zeros((b, length, last.shape[-1]), last.dtype)
-        context = jax.lax.dynamic_update_slice(context, last, (0, loop.prompt_end
-                                                               - last.shape[1], 0))
+        context = update_bits(context, last, (0, loop.prompt_end - last.shape[1], 0))
         cache = model.reorder_cache(loop.cache, jnp.repeat(jnp.arange(b), self.top_k))
         sub = ContrastiveSub(logits=first_logits.astype(jnp.float32), context=context)
         return self.step(model, params, DecodeState(loop=loop.replace(cache=cache), sub=sub))
@@ -110,4 +110,4 @@ class ContrastiveSearch(Strategy):
 def _put_rows(buf: Float[Array, "B T d"], x: Float[Array, "B d"], slot: Int[Array, ""]
               ) -> Float[Array, "B T d"]:
     """``buf`` with ``x`` at ``slot`` of every row."""
-    return jax.lax.dynamic_update_slice(buf, x[:, None, :].astype(buf.dtype), (0, slot, 0))
+    return update_bits(buf, x[:, None, :], (0, slot, 0))
